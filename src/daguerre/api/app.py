@@ -1,0 +1,110 @@
+"""The FastAPI application, and the one place where errors become HTTP answers.
+
+    app = create_app(settings, store, blobs)
+
+Every error body is `{"detail": "<string>"}`: ApiError with its status, unknown routes (404),
+wrong methods (405), parameter errors (400) and anything unexpected (500 `Internal server error`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from daguerre import __version__
+from daguerre.api import blobs as blob_routes
+from daguerre.api import generations
+from daguerre.api.middleware import BodySizeLimitMiddleware, HeadersMiddleware
+from daguerre.blobs import BlobStore, LocalBlobStore
+from daguerre.errors import ApiError
+from daguerre.settings import Settings
+from daguerre.store import Store
+from daguerre.wire import Detail, GenerationCreate
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+daguerre speaks Luma's Generations API: point the official `luma-agents` SDK at it with
+`LUMA_BASE_URL=http://HOST:PORT/v1`. Authentication: `Authorization: Bearer luma-api-...`.
+Every error body is `{"detail": "<string>"}`.
+"""
+
+
+def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
+    app = FastAPI(
+        title="daguerre",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.blobs = blobs
+
+    app.include_router(generations.router)
+    if isinstance(blobs, LocalBlobStore):
+        app.include_router(blob_routes.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+    # Outermost first: headers go on every answer, including the cap's 413.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(HeadersMiddleware)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return _error(exc.status, exc.detail, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else Detail.NOT_FOUND
+    return _error(exc.status_code, detail, dict(exc.headers or {}))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    location = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+    return _error(400, f"{location}: {first.get('msg', 'invalid value')}")
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, Detail.INTERNAL)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        request_schema = GenerationCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(request_schema.pop("$defs", {}))
+        components["GenerationCreate"] = request_schema
+        schema["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "luma-api-... key"}
+        }
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema

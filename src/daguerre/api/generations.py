@@ -1,0 +1,124 @@
+"""POST /v1/generations and GET /v1/generations/{id}.
+
+The POST validates, stores the input images, and inserts the generation in one transaction; it
+returns at once with the Generation in `queued`. Workers pick it up from the store. Once the row is
+committed the handler must not answer 5xx: the SDK would retry and create a duplicate.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from daguerre.api.deps import BlobsDep, CallerDep, JsonBody, SettingsDep, StoreDep
+from daguerre.api.ingest import ingest_inputs
+from daguerre.blobs import BlobStore
+from daguerre.sizing import pick_aspect_ratio
+from daguerre.store.generations import GenerationRecord, NewGeneration
+from daguerre.validation import parse_generation_create
+from daguerre.errors import ApiError
+from daguerre.wire import (
+    OUTPUT_URL_TTL_S,
+    Detail,
+    ErrorBody,
+    Generation,
+    GenerationCreate,
+    GenerationType,
+    Output,
+    State,
+    format_timestamp,
+    parse_uuid,
+)
+
+router = APIRouter(prefix="/v1/generations", tags=["generations"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "Invalid parameters",
+        401: "Missing or bad API key",
+        403: "Account suspended or deactivated",
+        413: "Request body or an input image too large",
+        422: "Bad media data",
+        503: "URL ingestion unavailable",
+    }.items()
+}
+
+
+def to_wire(record: GenerationRecord, blobs: BlobStore, base_url: str | None) -> Generation:
+    """The Luma Generation for a stored record; output URLs are minted fresh on every call."""
+    output: list[Output] = []
+    if record.state == State.COMPLETED:
+        output = [Output(url=blobs.presign_get(key, OUTPUT_URL_TTL_S, base_url)) for key in record.output_keys]
+    return Generation(
+        id=record.id,
+        type=record.type,
+        state=record.state,
+        model=record.model,
+        created_at=format_timestamp(record.created_at),
+        output=output,
+        failure_reason=record.failure_reason,
+        failure_code=record.failure_code,
+    )
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=Generation,
+    responses=_ERRORS,
+    summary="Create a generation",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerationCreate"}}},
+        }
+    },
+)
+def create_generation(
+    request: Request, caller: CallerDep, body: JsonBody, store: StoreDep, blobs: BlobsDep, settings: SettingsDep
+) -> Generation:
+    """Validate the request, store its input images and queue it; answers with state `queued`."""
+    create = parse_generation_create(body)
+    generation_id = str(uuid.uuid4())
+    input_keys = ingest_inputs(create, generation_id, caller.account_id, store, blobs)
+    aspect_ratio = None
+    if create.type == GenerationType.IMAGE:
+        aspect_ratio = create.aspect_ratio or pick_aspect_ratio(create.prompt, create.style)
+    record = store.generations.create(
+        NewGeneration(
+            id=generation_id,
+            account_id=caller.account_id,
+            request=create,
+            aspect_ratio=aspect_ratio,
+            input_keys=input_keys,
+            max_attempts=settings.max_attempts,
+        )
+    )
+    return to_wire(record, blobs, base_url(request))
+
+
+@router.get(
+    "/{generation_id}",
+    response_model=Generation,
+    responses={401: _ERRORS[401], 404: {"model": ErrorBody, "description": "Generation not found"}},
+    summary="Get a generation",
+)
+def get_generation(
+    generation_id: str, request: Request, caller: CallerDep, store: StoreDep, blobs: BlobsDep
+) -> Generation:
+    """The generation's state; completed ones carry presigned output URLs valid for one hour."""
+    canonical_id = parse_uuid(generation_id)
+    record = canonical_id and store.generations.get(canonical_id, account_id=caller.account_id)
+    if record is None:
+        raise ApiError(404, Detail.GENERATION_NOT_FOUND)
+    return to_wire(record, blobs, base_url(request))
+
+
+__all__ = ["GenerationCreate", "router", "to_wire"]

@@ -1,0 +1,66 @@
+"""Engines: turn an EngineJob into an image, per the models configuration.
+
+    registry = ModelRegistry(load_models_file(path), allow_downloads=False)
+    image = registry.engine("uni-1").generate(job, on_step)
+
+A registry belongs to one worker: each engine is built on first use and reused for every later job,
+so pipelines load once per worker. A model that cannot be built (missing weights, say) raises a
+`JobFailure` that names the model and how to fix it, and is tried again on the next job.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+from daguerre.engine.base import Engine, EngineJob, StepHook, seed_for
+from daguerre.engine.config import DEFAULT_MODELS_FILE, ModelsConfigError, ModelSpec, load_models_file
+from daguerre.errors import JobFailure
+from daguerre.wire import FailureCode
+
+
+class ModelRegistry:
+    def __init__(self, specs: dict[str, ModelSpec], *, allow_downloads: bool = False) -> None:
+        self.specs = specs
+        self.allow_downloads = allow_downloads
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    def engine(self, model: str) -> Engine:
+        with self._lock:
+            engine = self._engines.get(model)
+            if engine is None:
+                engine = self._engines[model] = build_engine(self.specs[model], self.allow_downloads)
+            return engine
+
+
+def build_engine(spec: ModelSpec, allow_downloads: bool) -> Engine:
+    if spec.engine == "diffusers":
+        from daguerre.engine.diffusers import DiffusersEngine
+
+        return DiffusersEngine(spec, allow_downloads=allow_downloads)
+    assert spec.entrypoint is not None
+    module_name, _, attribute = spec.entrypoint.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise JobFailure(
+            FailureCode.GENERATION_FAILED,
+            f"Model '{spec.name}' cannot be loaded: entrypoint {spec.entrypoint!r} not found ({exc})",
+        ) from exc
+    engine: Engine = factory(**spec.options)
+    return engine
+
+
+__all__ = [
+    "DEFAULT_MODELS_FILE",
+    "Engine",
+    "EngineJob",
+    "ModelRegistry",
+    "ModelSpec",
+    "ModelsConfigError",
+    "StepHook",
+    "build_engine",
+    "load_models_file",
+    "seed_for",
+]

@@ -1,0 +1,158 @@
+"""Deployment settings: built once by the CLI (or a test) and passed down, never a global.
+
+Sources, strongest first: explicit values (CLI options), `DAGUERRE_*` environment variables, the
+config file (TOML), defaults. The config file is `--config FILE`, else `$DAGUERRE_CONFIG`, else
+`<data_dir>/daguerre.toml` when it exists. Keys in the file are the field names below.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from daguerre.wire import MAX_IMAGE_REFS, MAX_INPUT_IMAGE_BYTES
+
+CONFIG_FILE_NAME = "daguerre.toml"
+_config_file: ContextVar[Path | None] = ContextVar("daguerre_config_file", default=None)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "daguerre"
+
+
+def _default_max_request_bytes() -> int:
+    # Large enough for a maximal request: nine base64 images of 50 MB each, plus the JSON around them.
+    base64_image = (MAX_INPUT_IMAGE_BYTES + 2) // 3 * 4
+    return MAX_IMAGE_REFS["image"] * base64_image + 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every knob of a deployment. See docs/configuration.md for the meaning of each."""
+
+    model_config = SettingsConfigDict(env_prefix="DAGUERRE_", extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """SQLite database, local blobs, the signing secret and the first key live here."""
+    database_url: str | None = None
+    """SQLAlchemy URL; default `sqlite:///<data_dir>/daguerre.db`."""
+    blob_dir: Path | None = None
+    """Root of the local blob store; default `<data_dir>/blobs`."""
+    blob_secret: str | None = None
+    """Secret that signs local blob URLs; default a random one kept in `<data_dir>/blob-secret`.
+    Set it when API and workers run on different hosts with a shared blob directory."""
+    public_url: str | None = None
+    """Base URL clients use to reach this server (for presigned blob URLs); default: the URL
+    of the request being answered."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=0, le=64)
+    """In-process workers started by `daguerre serve`."""
+    models_file: Path | None = None
+    """Models configuration (TOML); default: the one shipped with daguerre."""
+    allow_downloads: bool = False
+    """Let engines download missing weights from the Hugging Face Hub on first use."""
+
+    max_request_bytes: int = Field(default_factory=_default_max_request_bytes, ge=1024)
+    lease_s: float = Field(default=30.0, gt=0)
+    """How long a claimed job stays owned without a renewal; renewed every lease_s/3."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Claims per job (worker crashes count); then it fails with generation_failed."""
+    active_job_ttl_s: float = Field(default=3600.0, gt=0)
+    """A job still processing this long after it first started fails with generation_failed."""
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM a worker finishes its job within this time, or hands it back to the queue."""
+    idle_poll_s: float = Field(default=0.005, gt=0)
+    """How often an idle worker checks the database for changes made by other processes."""
+    reap_interval_s: float = Field(default=5.0, gt=0)
+    worker_id: str | None = None
+    log_level: str = "info"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        levels = ("critical", "error", "warning", "info", "debug")
+        if value.lower() not in levels:
+            raise ValueError(f"must be one of {', '.join(levels)}")
+        return value.lower()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **values: Any) -> Settings:
+        """Build settings from CLI values, the environment and the config file.
+
+        `values` whose value is None are treated as "not given" so CLI options can pass through.
+        """
+        given = {k: v for k, v in values.items() if v is not None}
+        path = config_file or _env_path("DAGUERRE_CONFIG")
+        if path is None:
+            data_dir = Path(given.get("data_dir") or _env_path("DAGUERRE_DATA_DIR") or default_data_dir())
+            candidate = data_dir / CONFIG_FILE_NAME
+            path = candidate if candidate.is_file() else None
+        elif not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        token = _config_file.set(path)
+        try:
+            return cls(**given)
+        finally:
+            _config_file.reset(token)
+
+    # Derived locations -----------------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'daguerre.db'}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
+
+    @property
+    def first_key_file(self) -> Path:
+        return self.data_dir / "api-key"
+
+
+def write_private_file(path: Path, text: str) -> bool:
+    """Create `path` readable only by the current user, atomically; False if it already exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    try:
+        os.link(tmp, path)  # atomic: the file appears complete or not at all
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None

@@ -1,0 +1,35 @@
+"""Metadata and the job queue, in SQL: SQLite by default, PostgreSQL for scale-out.
+
+    store = open_store(settings.resolved_database_url)   # runs pending migrations
+    store.accounts.find_key(...); store.generations.claim(...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from daguerre.store.accounts import AccountStore
+from daguerre.store.db import Database
+from daguerre.store.generations import GenerationStore
+from daguerre.store.migrate import upgrade
+
+
+@dataclass(frozen=True)
+class Store:
+    db: Database
+    accounts: AccountStore
+    generations: GenerationStore
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def open_store(url: str, *, migrate: bool = True) -> Store:
+    """Open the database at `url`, bringing its schema up to date first unless told not to."""
+    if migrate:
+        upgrade(url)
+    db = Database(url)
+    return Store(db=db, accounts=AccountStore(db), generations=GenerationStore(db))
+
+
+__all__ = ["Store", "open_store"]

@@ -1,0 +1,215 @@
+"""Accounts and their API keys. Keys are stored only as SHA-256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+
+from daguerre.store.clock import utcnow
+from daguerre.store.db import Database
+from daguerre.store.schema import accounts, api_keys
+from daguerre.wire import KEY_PREFIX
+
+KEY_RANDOM_BYTES = 32
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    DEACTIVATED = "deactivated"
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    name: str
+    status: AccountStatus
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key as stored: never the key itself."""
+
+    id: str
+    account_id: str
+    account_name: str
+    name: str | None
+    key_prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class KeyMatch:
+    """What a key lookup finds: the key's hash and state, and its account's status."""
+
+    key_id: str
+    key_hash: str
+    account_id: str
+    account_status: AccountStatus
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class AccountNotFound(LookupError):
+    pass
+
+
+def hash_key(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_key() -> str:
+    """`luma-api-` followed by 32 random bytes, URL-safe base64 (43 characters)."""
+    return KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
+
+
+class AccountStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # Accounts --------------------------------------------------------------------------------
+
+    def create(self, name: str) -> Account:
+        account = Account(id=str(uuid.uuid4()), name=name, status=AccountStatus.ACTIVE, created_at=utcnow())
+        with self._db.write() as conn:
+            conn.execute(
+                accounts.insert().values(
+                    id=account.id, name=account.name, status=account.status, created_at=account.created_at
+                )
+            )
+        return account
+
+    def get(self, id_or_name: str) -> Account:
+        with self._db.read() as conn:
+            row = conn.execute(
+                sa.select(accounts).where(sa.or_(accounts.c.id == id_or_name, accounts.c.name == id_or_name))
+            ).first()
+        if row is None:
+            raise AccountNotFound(id_or_name)
+        return _account(row)
+
+    def list(self) -> list[Account]:
+        with self._db.read() as conn:
+            rows = conn.execute(sa.select(accounts).order_by(accounts.c.created_at)).all()
+        return [_account(row) for row in rows]
+
+    def count(self) -> int:
+        with self._db.read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(accounts)).scalar_one())
+
+    def set_status(self, account_id: str, status: AccountStatus) -> None:
+        with self._db.write() as conn:
+            result = conn.execute(accounts.update().where(accounts.c.id == account_id).values(status=status))
+        if result.rowcount == 0:
+            raise AccountNotFound(account_id)
+
+    # Keys ------------------------------------------------------------------------------------
+
+    def create_key(
+        self, account_id: str, name: str | None = None, expires_at: datetime | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key; returns the stored record and the key itself, which is never stored."""
+        account = self.get(account_id)
+        token = new_key()
+        record = ApiKey(
+            id=str(uuid.uuid4()),
+            account_id=account.id,
+            account_name=account.name,
+            name=name,
+            key_prefix=token[: len(KEY_PREFIX) + 6],
+            created_at=utcnow(),
+            expires_at=expires_at,
+            revoked_at=None,
+        )
+        with self._db.write() as conn:
+            conn.execute(
+                api_keys.insert().values(
+                    id=record.id,
+                    account_id=record.account_id,
+                    name=record.name,
+                    key_hash=hash_key(token),
+                    key_prefix=record.key_prefix,
+                    created_at=record.created_at,
+                    expires_at=record.expires_at,
+                )
+            )
+        return record, token
+
+    def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
+        query = sa.select(api_keys, accounts.c.name.label("account_name")).join(accounts)
+        if account_id is not None:
+            query = query.where(api_keys.c.account_id == account_id)
+        with self._db.read() as conn:
+            rows = conn.execute(query.order_by(api_keys.c.created_at)).all()
+        return [
+            ApiKey(
+                id=row.id,
+                account_id=row.account_id,
+                account_name=row.account_name,
+                name=row.name,
+                key_prefix=row.key_prefix,
+                created_at=row.created_at,
+                expires_at=row.expires_at,
+                revoked_at=row.revoked_at,
+            )
+            for row in rows
+        ]
+
+    def revoke_key(self, key_id_or_prefix: str) -> bool:
+        """Revoke by key id (or by the displayed prefix when it is unique). False if none matched."""
+        with self._db.write() as conn:
+            matches = conn.execute(
+                sa.select(api_keys.c.id).where(
+                    sa.or_(api_keys.c.id == key_id_or_prefix, api_keys.c.key_prefix == key_id_or_prefix)
+                )
+            ).all()
+            if len(matches) != 1:
+                return False
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == matches[0].id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+        return True
+
+    def find_key(self, key_hash: str) -> KeyMatch | None:
+        """The key whose hash is `key_hash`, with its account's status; one indexed query."""
+        query = (
+            sa.select(
+                api_keys.c.id,
+                api_keys.c.key_hash,
+                api_keys.c.account_id,
+                api_keys.c.expires_at,
+                api_keys.c.revoked_at,
+                accounts.c.status,
+            )
+            .join(accounts)
+            .where(api_keys.c.key_hash == key_hash)
+        )
+        with self._db.read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return KeyMatch(
+            key_id=row.id,
+            key_hash=row.key_hash,
+            account_id=row.account_id,
+            account_status=AccountStatus(row.status),
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+def _account(row: sa.Row[tuple[object, ...]]) -> Account:
+    return Account(
+        id=str(row.id), name=str(row.name), status=AccountStatus(row.status), created_at=row.created_at
+    )

@@ -1,0 +1,141 @@
+"""The database handle: one SQLAlchemy engine, read and write transactions, change notification.
+
+SQLite (the default) runs in WAL mode with a busy timeout; write transactions start with
+`BEGIN IMMEDIATE`, which takes SQLite's single write lock up front, so a guarded UPDATE never has to
+upgrade a read lock half way (the classic "database is locked" trap). PostgreSQL uses plain
+transactions; the statements that need row locks ask for them (`FOR UPDATE SKIP LOCKED`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+_IMMEDIATE = "daguerre_immediate"
+
+
+class Database:
+    """Engine plus transaction helpers. Thread-safe; share one per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = sa.make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.engine = _create_engine(self.url, self.is_sqlite)
+        self._commits = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction (deferred on SQLite: readers never block writers in WAL mode)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it holds the write lock from its first statement."""
+        with self.engine.connect().execution_options(**{_IMMEDIATE: True}) as conn:
+            with conn.begin():
+                yield conn
+        with self._changed:
+            self._commits += 1
+            self._changed.notify_all()
+
+    def watcher(self) -> ChangeWatcher:
+        """A per-thread object that waits until something may have changed (see ChangeWatcher)."""
+        return ChangeWatcher(self)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class ChangeWatcher:
+    """Lets an idle worker sleep until the database may hold new work, without slow polling.
+
+    Commits made through the same `Database` wake it at once (a condition variable). Commits by
+    other processes are seen through SQLite's `PRAGMA data_version`, a counter in shared memory
+    that costs microseconds to read, checked every `poll_s`. On other databases only local commits
+    wake it early (PostgreSQL LISTEN/NOTIFY can be added here without touching the worker).
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._seen_commits = db._commits
+        self._sqlite: sqlite3.Connection | None = None
+        self._data_version = -1
+        if db.is_sqlite and db.url.database not in (None, "", ":memory:"):
+            self._sqlite = sqlite3.connect(str(db.url.database), check_same_thread=False)
+            self._data_version = self._read_data_version()
+
+    def _read_data_version(self) -> int:
+        assert self._sqlite is not None
+        row = self._sqlite.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def _external_change(self) -> bool:
+        if self._sqlite is None:
+            return False
+        version = self._read_data_version()
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
+
+    def wait(self, timeout: float, poll_s: float) -> bool:
+        """Block up to `timeout` seconds; True as soon as a change may have happened."""
+        deadline = time.monotonic() + timeout
+        cond = self._db._changed
+        while True:
+            with cond:
+                if self._db._commits != self._seen_commits:
+                    self._seen_commits = self._db._commits
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                cond.wait(min(poll_s, remaining))
+                if self._db._commits != self._seen_commits:
+                    self._seen_commits = self._db._commits
+                    return True
+            if self._external_change():
+                return True
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+
+
+def _create_engine(url: sa.URL, is_sqlite: bool) -> Engine:
+    if not is_sqlite:
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+    database = url.database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is deferred and late).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

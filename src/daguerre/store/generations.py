@@ -1,0 +1,295 @@
+"""Generations: the rows that are both the API's resources and the workers' queue.
+
+Every state change is one guarded statement. A worker's claim gives it a fresh `lease_token` (the
+fencing token); renew, complete, fail and hand-back all require `state = 'processing' AND
+lease_token = :token`, so a worker whose lease lapsed (crashed, paused, or reaped) changes nothing:
+zero rows means someone else decided, and the worker drops its result.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from daguerre.store.clock import utcnow
+from daguerre.store.db import Database
+from daguerre.store.schema import generations as g
+from daguerre.wire import FailureCode, GenerationCreate, GenerationType, State
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    id: str
+    account_id: str
+    model: str
+    type: GenerationType
+    state: State
+    request: GenerationCreate
+    aspect_ratio: str | None
+    output_format: str
+    user_id: str | None
+    input_keys: tuple[str, ...]
+    output_keys: tuple[str, ...]
+    failure_code: FailureCode | None
+    failure_reason: str | None
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_token: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NewGeneration:
+    """What the API hands the store to create a generation."""
+
+    id: str
+    account_id: str
+    request: GenerationCreate
+    aspect_ratio: str | None
+    input_keys: tuple[str, ...]
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Reaped:
+    id: str
+    reason: str
+
+
+_STATES_ACTIVE = (State.QUEUED.value, State.PROCESSING.value)
+
+
+class GenerationStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # API side --------------------------------------------------------------------------------
+
+    def create(self, new: NewGeneration) -> GenerationRecord:
+        values: dict[str, Any] = {
+            "id": new.id,
+            "account_id": new.account_id,
+            "model": new.request.model,
+            "type": new.request.type.value,
+            "state": State.QUEUED.value,
+            "request": new.request.model_dump(mode="json", exclude_none=True),
+            "aspect_ratio": new.aspect_ratio,
+            "output_format": new.request.output_format or "png",
+            "user_id": new.request.user_id,
+            "input_keys": list(new.input_keys),
+            "output_keys": [],
+            "attempts": 0,
+            "max_attempts": new.max_attempts,
+            "priority": 0,
+            "created_at": utcnow(),
+        }
+        with self._db.write() as conn:
+            conn.execute(g.insert().values(**values))
+        return _record(values)
+
+    def get(self, generation_id: str, account_id: str | None = None) -> GenerationRecord | None:
+        """The generation, or None when it is unknown or (with `account_id`) another account's."""
+        query = sa.select(g).where(g.c.id == generation_id)
+        if account_id is not None:
+            query = query.where(g.c.account_id == account_id)
+        with self._db.read() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _record(row)
+
+    def count_active(self, account_id: str) -> int:
+        with self._db.read() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(g)
+                    .where(g.c.account_id == account_id, g.c.state.in_(_STATES_ACTIVE))
+                ).scalar_one()
+            )
+
+    # Worker side -----------------------------------------------------------------------------
+
+    def _claimable(self, now: datetime) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            sa.or_(
+                g.c.state == State.QUEUED.value,
+                sa.and_(g.c.state == State.PROCESSING.value, g.c.lease_expires_at < now),
+            ),
+            g.c.attempts < g.c.max_attempts,
+        )
+
+    def has_claimable(self) -> bool:
+        """A cheap read that lets idle workers skip taking the write lock."""
+        with self._db.read() as conn:
+            return conn.execute(sa.select(g.c.id).where(self._claimable(utcnow())).limit(1)).first() is not None
+
+    def claim(self, worker_id: str, lease_s: float) -> GenerationRecord | None:
+        """Take the next job: highest priority, then the account with the fewest running jobs, then
+        the oldest. A job whose lease lapsed (its worker died) is claimable again until its attempts
+        run out. One guarded UPDATE; the returned record carries the new lease token."""
+        if not self.has_claimable():
+            return None
+        now = utcnow()
+        live = (
+            sa.select(g.c.account_id, sa.func.count().label("n"))
+            .where(g.c.state == State.PROCESSING.value, g.c.lease_expires_at >= now)
+            .group_by(g.c.account_id)
+            .subquery("live")
+        )
+        candidate = (
+            sa.select(g.c.id)
+            .select_from(g.outerjoin(live, live.c.account_id == g.c.account_id))
+            .where(self._claimable(now))
+            .order_by(g.c.priority.desc(), sa.func.coalesce(live.c.n, 0), g.c.created_at)
+            .limit(1)
+        )
+        if not self._db.is_sqlite:
+            candidate = candidate.with_for_update(of=g, skip_locked=True)
+        token = str(uuid.uuid4())
+        statement = (
+            g.update()
+            .where(g.c.id == candidate.scalar_subquery(), self._claimable(now))
+            .values(
+                state=State.PROCESSING.value,
+                lease_owner=worker_id,
+                lease_token=token,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                attempts=g.c.attempts + 1,
+                started_at=sa.func.coalesce(g.c.started_at, now),
+            )
+            .returning(*g.c)
+        )
+        with self._db.write() as conn:
+            row = conn.execute(statement).mappings().first()
+        return None if row is None else _record(row)
+
+    def _guard(self, generation_id: str, token: str) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            g.c.id == generation_id, g.c.lease_token == token, g.c.state == State.PROCESSING.value
+        )
+
+    def renew(self, generation_id: str, token: str, lease_s: float) -> bool:
+        """Extend the lease; False when the lease is lost (then the worker must stop)."""
+        with self._db.write() as conn:
+            result = conn.execute(
+                g.update()
+                .where(self._guard(generation_id, token))
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+            )
+        return result.rowcount == 1
+
+    def complete(self, generation_id: str, token: str, output_keys: tuple[str, ...]) -> bool:
+        with self._db.write() as conn:
+            result = conn.execute(
+                g.update()
+                .where(self._guard(generation_id, token))
+                .values(
+                    state=State.COMPLETED.value,
+                    output_keys=list(output_keys),
+                    lease_token=None,
+                    lease_expires_at=None,
+                    finished_at=utcnow(),
+                )
+            )
+        return result.rowcount == 1
+
+    def fail(self, generation_id: str, token: str, code: FailureCode, reason: str) -> bool:
+        with self._db.write() as conn:
+            result = conn.execute(
+                g.update().where(self._guard(generation_id, token)).values(**_failed(code, reason))
+            )
+        return result.rowcount == 1
+
+    def hand_back(self, generation_id: str, token: str, *, count_attempt: bool) -> bool:
+        """Put a claimed job back in the queue. A shutdown hands back without using up an attempt;
+        a transient failure counts as one."""
+        attempts = g.c.attempts if count_attempt else g.c.attempts - 1
+        with self._db.write() as conn:
+            result = conn.execute(
+                g.update()
+                .where(self._guard(generation_id, token))
+                .values(
+                    state=State.QUEUED.value,
+                    attempts=attempts,
+                    lease_owner=None,
+                    lease_token=None,
+                    lease_expires_at=None,
+                )
+            )
+        return result.rowcount == 1
+
+    def reap(self, active_job_ttl_s: float) -> list[Reaped]:
+        """Fail jobs that can no longer finish: those whose lease lapsed with no attempt left (their
+        workers kept dying) and those running past the active-job TTL, counted from first start."""
+        now = utcnow()
+        exhausted = sa.and_(
+            g.c.state == State.PROCESSING.value,
+            g.c.lease_expires_at < now,
+            g.c.attempts >= g.c.max_attempts,
+        )
+        over_ttl = sa.and_(
+            g.c.state.in_(_STATES_ACTIVE), g.c.started_at < now - timedelta(seconds=active_job_ttl_s)
+        )
+        reasons = (
+            (
+                exhausted,
+                "Generation failed: the worker running it stopped responding and no attempt is left",
+            ),
+            (over_ttl, f"Generation failed: it ran longer than the active-job limit of {active_job_ttl_s:g} s"),
+        )
+        reaped: list[Reaped] = []
+        with self._db.write() as conn:
+            for condition, reason in reasons:
+                rows = conn.execute(
+                    g.update()
+                    .where(condition)
+                    .values(**_failed(FailureCode.GENERATION_FAILED, reason))
+                    .returning(g.c.id)
+                ).all()
+                reaped.extend(Reaped(id=row.id, reason=reason) for row in rows)
+        return reaped
+
+
+def _failed(code: FailureCode, reason: str) -> dict[str, Any]:
+    return {
+        "state": State.FAILED.value,
+        "failure_code": code.value,
+        "failure_reason": reason,
+        "output_keys": [],
+        "lease_token": None,
+        "lease_expires_at": None,
+        "finished_at": utcnow(),
+    }
+
+
+def _record(row: Any) -> GenerationRecord:
+    return GenerationRecord(
+        id=row["id"],
+        account_id=row["account_id"],
+        model=row["model"],
+        type=GenerationType(row["type"]),
+        state=State(row["state"]),
+        request=GenerationCreate.model_validate(row["request"]),
+        aspect_ratio=row["aspect_ratio"],
+        output_format=row["output_format"],
+        user_id=row["user_id"],
+        input_keys=tuple(row["input_keys"]),
+        output_keys=tuple(row["output_keys"]),
+        failure_code=FailureCode(row["failure_code"]) if row.get("failure_code") else None,
+        failure_reason=row.get("failure_reason"),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        lease_owner=row.get("lease_owner"),
+        lease_token=row.get("lease_token"),
+        lease_expires_at=row.get("lease_expires_at"),
+        created_at=row["created_at"],
+        started_at=row.get("started_at"),
+        finished_at=row.get("finished_at"),
+    )

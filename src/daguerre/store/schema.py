@@ -1,0 +1,111 @@
+"""Tables. Storage names (tables, state values, blob key shapes) are defined here once.
+
+The `generations` row is the job: request, state, lease and outputs live together, so there is no
+queue table to keep in step. Timestamps are stored as naive UTC and returned timezone-aware.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A datetime stored as naive UTC on every database and returned with `tzinfo=UTC`."""
+
+    impl = sa.DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+ID = sa.String(36)
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("status", sa.String(16), nullable=False, server_default="active"),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.CheckConstraint("status IN ('active', 'suspended', 'deactivated')", name="status"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("account_id", ID, sa.ForeignKey("accounts.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(100), nullable=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("key_prefix", sa.String(20), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+generations = sa.Table(
+    "generations",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("account_id", ID, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("model", sa.String(32), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("request", sa.JSON(), nullable=False),
+    sa.Column("aspect_ratio", sa.String(8), nullable=True),
+    sa.Column("output_format", sa.String(8), nullable=False),
+    sa.Column("user_id", sa.String(256), nullable=True),
+    sa.Column("input_keys", sa.JSON(), nullable=False),
+    sa.Column("output_keys", sa.JSON(), nullable=False),
+    sa.Column("failure_code", sa.String(32), nullable=True),
+    sa.Column("failure_reason", sa.Text(), nullable=True),
+    sa.Column("priority", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer(), nullable=False),
+    sa.Column("lease_owner", sa.String(200), nullable=True),
+    sa.Column("lease_token", ID, nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.CheckConstraint("state IN ('queued', 'processing', 'completed', 'failed')", name="state"),
+    sa.Index("ix_generations_account_created", "account_id", "created_at"),
+    sa.Index("ix_generations_queue", "state", "priority", "created_at"),
+    sa.Index("ix_generations_lease", "state", "lease_expires_at"),
+)
+
+
+def input_key(generation_id: str, index: int) -> str:
+    """Blob key of a generation's n-th input image (the source of an edit is input 0)."""
+    return f"inputs/{generation_id}/{index}"
+
+
+def output_key(generation_id: str, lease_token: str, index: int, extension: str) -> str:
+    """Blob key of an output. The lease token in the key keeps a stale worker from overwriting the
+    output of the worker that owns the job now."""
+    return f"outputs/{generation_id}/{lease_token}/{index}.{extension}"

@@ -1,0 +1,143 @@
+"""Request bodies -> wire models, with Luma's documented 400 details, in the documented order.
+
+The order is part of the contract: the body must be an object, then `model` is checked, then
+`type`, then the other fields in the order of the spec's table. Every rejection is an
+`ApiError(400, detail)`; the first failing rule wins. `null` is accepted for every optional field;
+unknown keys (and the `video` / `layering` options of other types) are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from daguerre.errors import ApiError
+from daguerre.wire import (
+    ASPECT_RATIOS,
+    IMAGE_REF_SOURCES,
+    MAX_IMAGE_REFS,
+    MODELS,
+    OUTPUT_FORMATS,
+    PORTRAIT_RATIOS,
+    PROMPT_MAX_CHARS,
+    STYLES,
+    UNAVAILABLE_MODELS,
+    USER_ID_MAX_CHARS,
+    Detail,
+    GenerationCreate,
+    GenerationType,
+    ImageRef,
+)
+
+log = logging.getLogger(__name__)
+
+_KNOWN_KEYS = frozenset(GenerationCreate.model_fields) | {"video", "layering"}
+_JSON_TYPES: dict[type, str] = {str: "string", bool: "boolean", list: "array", dict: "object"}
+
+
+def _bad(detail: str) -> ApiError:
+    return ApiError(400, detail)
+
+
+def _optional(body: dict[str, Any], field: str, expected: type, label: str | None = None) -> Any:
+    """The field's value, or None when absent or null; 400 when it has the wrong JSON type."""
+    value = body.get(field)
+    if value is None:
+        return None
+    # bool is a subclass of int in Python, but JSON tells them apart; only str/bool/list/dict here.
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise _bad(Detail.wrong_type(label or field, _JSON_TYPES[expected]))
+    return value
+
+
+def parse_generation_create(body: Any) -> GenerationCreate:
+    """Validate a decoded JSON body of `POST /v1/generations`."""
+    if not isinstance(body, dict):
+        raise _bad(Detail.BODY_NOT_OBJECT)
+    unknown = set(body) - _KNOWN_KEYS
+    if unknown:
+        log.debug("ignoring unknown request keys: %s", ", ".join(sorted(unknown)))
+
+    model = _optional(body, "model", str) or "uni-1"
+    if model in UNAVAILABLE_MODELS:
+        raise _bad(Detail.model_unavailable(model))
+    if model not in MODELS:
+        raise _bad(Detail.unknown_model(model))
+
+    type_ = _optional(body, "type", str) or GenerationType.IMAGE.value
+    if type_ not in (GenerationType.IMAGE, GenerationType.IMAGE_EDIT):
+        raise _bad(Detail.type_not_supported(type_, model))
+    is_edit = type_ == GenerationType.IMAGE_EDIT
+
+    if body.get("prompt") is None:
+        raise _bad(Detail.field_required("prompt"))
+    prompt = _optional(body, "prompt", str)
+    if not 1 <= len(prompt) <= PROMPT_MAX_CHARS:
+        raise _bad(Detail.PROMPT_LENGTH)
+
+    aspect_ratio = _optional(body, "aspect_ratio", str)
+    if aspect_ratio is not None and aspect_ratio not in ASPECT_RATIOS:
+        raise _bad(Detail.invalid_aspect_ratio(aspect_ratio))
+
+    style = _optional(body, "style", str) or "auto"
+    if style not in STYLES:
+        raise _bad(Detail.STYLE_VALUES)
+    # For image_edit the ratio is ignored (the output keeps the source's), so it cannot clash.
+    if style == "manga" and not is_edit and aspect_ratio is not None and aspect_ratio not in PORTRAIT_RATIOS:
+        raise _bad(Detail.MANGA_RATIO)
+
+    output_format = _optional(body, "output_format", str)
+    if output_format is not None and output_format not in OUTPUT_FORMATS:
+        raise _bad(Detail.OUTPUT_FORMAT_VALUES)
+
+    web_search = _optional(body, "web_search", bool) or False
+
+    user_id = _optional(body, "user_id", str)
+    if user_id is not None and len(user_id) > USER_ID_MAX_CHARS:
+        raise _bad(Detail.USER_ID_LENGTH)
+
+    source: ImageRef | None = None
+    if body.get("source") is not None:
+        if not is_edit:
+            raise _bad(Detail.SOURCE_ONLY_FOR_EDIT)
+        source = parse_image_ref(body["source"], "source")
+    elif is_edit:
+        raise _bad(Detail.SOURCE_REQUIRED)
+
+    raw_refs = _optional(body, "image_ref", list) or []
+    if len(raw_refs) > MAX_IMAGE_REFS[type_]:
+        raise _bad(Detail.TOO_MANY_REFS_EDIT if is_edit else Detail.TOO_MANY_REFS_IMAGE)
+    image_ref = [parse_image_ref(ref, f"image_ref[{i}]") for i, ref in enumerate(raw_refs)]
+
+    return GenerationCreate(
+        prompt=prompt,
+        model=model,
+        type=GenerationType(type_),
+        aspect_ratio=aspect_ratio,
+        style=style,
+        output_format=output_format,
+        web_search=web_search,
+        image_ref=image_ref or None,
+        source=source,
+        user_id=user_id,
+    )
+
+
+def parse_image_ref(value: Any, path: str) -> ImageRef:
+    """One ImageRef: exactly one of url, data, generation_id, file_id (empty strings count as unset)."""
+    if not isinstance(value, dict):
+        raise _bad(Detail.wrong_type(path, "object"))
+    fields = {
+        name: _optional(value, name, str, f"{path}.{name}")
+        for name in (*IMAGE_REF_SOURCES, "media_type")
+    }
+    given = [name for name in IMAGE_REF_SOURCES if fields[name]]
+    if fields["url"] and fields["data"]:
+        raise _bad(Detail.ref_url_and_data(path))
+    if not given:
+        raise _bad(Detail.ref_none(path))
+    if len(given) > 1:
+        raise _bad(Detail.ref_several(path))
+    if fields["data"] and not fields["media_type"]:
+        raise _bad(Detail.ref_media_type_required(path))
+    return ImageRef(**{name: fields[name] or None for name in fields})

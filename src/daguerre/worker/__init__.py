@@ -1,0 +1,81 @@
+"""Workers: threads that claim generations from the store and run them through an engine.
+
+    pool = WorkerPool(settings, store, blobs, count=2)
+    pool.start()
+    ...
+    pool.stop()   # stop claiming; finish the running jobs within the grace time or hand them back
+
+`daguerre serve` runs a pool beside the API; `daguerre worker` runs a pool of one in its own process.
+Each worker has its own ModelRegistry, so pipelines load once per worker and are never shared
+between threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from daguerre.blobs import BlobStore
+from daguerre.engine import ModelRegistry, load_models_file
+from daguerre.settings import Settings
+from daguerre.store import Store
+from daguerre.worker.loop import Outcome, Worker
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, store: Store, blobs: BlobStore, count: int) -> None:
+        specs = load_models_file(settings.models_file)  # fail fast on a bad models file
+        prefix = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.stop_event = threading.Event()
+        self.workers = [
+            Worker(
+                settings,
+                store,
+                blobs,
+                ModelRegistry(specs, allow_downloads=settings.allow_downloads),
+                worker_id=f"{prefix}:{index}",
+            )
+            for index in range(count)
+        ]
+        self._settings = settings
+        self._store = store
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for worker in self.workers:
+            thread = threading.Thread(
+                target=worker.run, args=(self.stop_event,), name=f"worker-{worker.worker_id}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        log.info("started %d worker(s)", len(self.workers))
+
+    def request_stop(self) -> None:
+        """Stop claiming new jobs (running ones go on until the grace time is up)."""
+        self.stop_event.set()
+
+    def stop(self) -> None:
+        """Stop claiming; wait up to the grace time (plus a little for the step hooks to react), then
+        hand back any job still running so another worker takes it from the start."""
+        self.request_stop()
+        deadline = time.monotonic() + self._settings.shutdown_grace_s + 2.0
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for worker in self.workers:
+            running = worker.running
+            if running is not None:
+                handed_back = self._store.generations.hand_back(running.generation_id, running.token, count_attempt=False)
+                log.warning(
+                    "worker %s did not stop in time; %s %s",
+                    worker.worker_id,
+                    running.generation_id,
+                    "handed back to the queue" if handed_back else "was already decided",
+                )
+
+
+__all__ = ["Outcome", "Worker", "WorkerPool"]

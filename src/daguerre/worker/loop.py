@@ -1,0 +1,192 @@
+"""The worker: claim a job, run it, record the outcome. The one place exceptions become failure codes.
+
+    worker = Worker(settings, store, blobs, registry, worker_id="host:123:0")
+    worker.run_once()          # one job, or None when the queue is empty (tests call this)
+    worker.run(stop_event)     # loop until stop_event is set
+
+Delivery is at-least-once (a crashed worker's job is claimed again when its lease lapses); completion
+is exactly-once, because every write is guarded by the lease token (see store.generations).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from daguerre.blobs import BlobNotFound, BlobStore
+from daguerre.engine import EngineJob, ModelRegistry, seed_for
+from daguerre.errors import Cancelled, JobFailure, LeaseLost, Transient
+from daguerre.media import OUTPUT_EXTENSIONS, OUTPUT_MEDIA_TYPES, encode_image, open_image
+from daguerre.settings import Settings
+from daguerre.store import Store
+from daguerre.store.generations import GenerationRecord
+from daguerre.store.schema import output_key
+from daguerre.wire import FailureCode, GenerationType, State
+from daguerre.worker.lease import Lease
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed job, as far as this worker is concerned."""
+
+    generation_id: str
+    state: State | None
+    """COMPLETED or FAILED when this worker decided; QUEUED when handed back; None when the lease
+    was lost and another worker or the reaper decides."""
+    failure_code: FailureCode | None = None
+
+
+@dataclass(frozen=True)
+class Running:
+    generation_id: str
+    token: str
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, store: Store, blobs: BlobStore, registry: ModelRegistry, worker_id: str
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.blobs = blobs
+        self.registry = registry
+        self.worker_id = worker_id
+        self.running: Running | None = None
+        """The job in hand, so a supervisor can hand it back if the worker does not stop in time."""
+        self._stop_at: float | None = None
+
+    # The loop ----------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Claim and run jobs until `stop` is set; an idle worker wakes within milliseconds of a new job."""
+        watcher = self.store.db.watcher()
+        next_reap = 0.0
+        try:
+            while not stop.is_set():
+                if time.monotonic() >= next_reap:
+                    self.reap()
+                    next_reap = time.monotonic() + self.settings.reap_interval_s
+                try:
+                    outcome = self.run_once(stop)
+                except Exception:  # the database may be briefly unavailable; never let the loop die
+                    log.exception("worker %s: claiming a job failed", self.worker_id)
+                    stop.wait(1.0)
+                    continue
+                if outcome is None:
+                    watcher.wait(timeout=min(1.0, self.settings.reap_interval_s), poll_s=self.settings.idle_poll_s)
+        finally:
+            watcher.close()
+
+    def reap(self) -> None:
+        try:
+            for reaped in self.store.generations.reap(self.settings.active_job_ttl_s):
+                log.warning("reaped %s: %s", reaped.id, reaped.reason)
+        except Exception:
+            log.exception("reaping failed")
+
+    def run_once(self, stop: threading.Event | None = None) -> Outcome | None:
+        """Claim one job and take it to an outcome; None when there was nothing to claim."""
+        record = self.store.generations.claim(self.worker_id, self.settings.lease_s)
+        if record is None:
+            return None
+        assert record.lease_token is not None
+        token = record.lease_token
+        log.info("%s claimed %s (attempt %d/%d)", self.worker_id, record.id, record.attempts, record.max_attempts)
+        self.running = Running(record.id, token)
+        self._stop_at = None
+        generations = self.store.generations
+        try:
+            with Lease(generations, record.id, token, self.settings.lease_s) as lease:
+                try:
+                    output_keys = self._process(record, lease, stop)
+                except (LeaseLost, Cancelled) as exc:
+                    if lease.lost.is_set() or isinstance(exc, LeaseLost):
+                        log.warning("%s: dropped %s, its lease is lost", self.worker_id, record.id)
+                        return Outcome(record.id, None)
+                    handed_back = generations.hand_back(record.id, token, count_attempt=False)
+                    log.info("%s: handed %s back to the queue (shutting down)", self.worker_id, record.id)
+                    return Outcome(record.id, State.QUEUED if handed_back else None)
+                except Transient as failure:
+                    if record.attempts < record.max_attempts:
+                        generations.hand_back(record.id, token, count_attempt=True)
+                        log.warning("%s: %s will be retried: %s", self.worker_id, record.id, failure.reason)
+                        return Outcome(record.id, State.QUEUED)
+                    return self._fail(record, token, failure)
+                except JobFailure as failure:
+                    return self._fail(record, token, failure)
+                except Exception:
+                    log.exception("%s: generation %s raised", self.worker_id, record.id)
+                    return self._fail(record, token, JobFailure(FailureCode.GENERATION_FAILED))
+            if not generations.complete(record.id, token, output_keys):
+                for key in output_keys:
+                    self.blobs.delete(key)
+                log.warning("%s: %s finished after its lease was lost; result dropped", self.worker_id, record.id)
+                return Outcome(record.id, None)
+            log.info("%s completed %s", self.worker_id, record.id)
+            return Outcome(record.id, State.COMPLETED)
+        finally:
+            self.running = None
+
+    def _fail(self, record: GenerationRecord, token: str, failure: JobFailure) -> Outcome:
+        if self.store.generations.fail(record.id, token, failure.code, failure.reason):
+            log.info("%s failed %s: %s (%s)", self.worker_id, record.id, failure.code.value, failure.reason)
+            return Outcome(record.id, State.FAILED, failure.code)
+        return Outcome(record.id, None)
+
+    # One job -----------------------------------------------------------------------------------
+
+    def _process(self, record: GenerationRecord, lease: Lease, stop: threading.Event | None) -> tuple[str, ...]:
+        inputs = [self._load_input(key) for key in record.input_keys]
+        is_edit = record.type == GenerationType.IMAGE_EDIT
+        job = EngineJob(
+            id=record.id,
+            model=record.model,
+            type=record.type,
+            prompt=record.request.prompt,
+            aspect_ratio=record.aspect_ratio,
+            style=record.request.style or "auto",
+            source=inputs[0] if is_edit and inputs else None,
+            references=tuple(inputs[1:] if is_edit else inputs),
+            seed=seed_for(record.id),
+        )
+        engine = self.registry.engine(record.model)
+
+        def on_step(step: int, total: int) -> None:
+            if lease.lost.is_set():
+                raise LeaseLost(record.id)
+            if stop is not None and stop.is_set():
+                if self._stop_at is None:
+                    self._stop_at = time.monotonic() + self.settings.shutdown_grace_s
+                if time.monotonic() >= self._stop_at:
+                    raise Cancelled(record.id)
+            log.debug("%s: step %d/%d", record.id, step, total)
+
+        image = engine.generate(job, on_step)
+        data = encode_image(image, record.output_format)
+        if lease.lost.is_set():
+            raise LeaseLost(record.id)
+        key = output_key(record.id, lease.token, 0, OUTPUT_EXTENSIONS[record.output_format])
+        try:
+            self.blobs.put(key, data, OUTPUT_MEDIA_TYPES[record.output_format])
+        except OSError as exc:
+            log.error("writing the output of %s failed: %s", record.id, exc)
+            raise JobFailure(FailureCode.OUTPUT_NOT_FOUND) from exc
+        return (key,)
+
+    def _load_input(self, key: str) -> Image.Image:
+        try:
+            data = self.blobs.get(key)
+        except BlobNotFound:
+            raise JobFailure(FailureCode.INVALID_REQUEST, "An input image of this request is gone") from None
+        try:
+            return open_image(data)
+        except (OSError, ValueError) as exc:
+            raise JobFailure(FailureCode.CORRUPT_INPUT, f"An input image could not be decoded: {exc}") from exc

@@ -1,0 +1,83 @@
+"""Shared fixtures: a temporary data directory with the real SQLite store and local blobs, the app
+in-process, keys, workers, a tiny diffusers pipeline built offline, and a live `daguerre serve`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from support.helpers import Key, make_key, make_worker, scripted_models
+
+from daguerre.api import create_app
+from daguerre.blobs import LocalBlobStore, open_blob_store
+from daguerre.settings import Settings
+from daguerre.store import Store, open_store
+from daguerre.worker import Worker
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see none of the developer's DAGUERRE_* / LUMA_* settings, and never reach the Hub."""
+    for name in list(os.environ):
+        if name.startswith(("DAGUERRE_", "LUMA_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def models_file(tmp_path: Path) -> Path:
+    return scripted_models(tmp_path / "models.toml")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_file: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", models_file=models_file, workers=0, lease_s=30)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    store = open_store(settings.resolved_database_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def blobs(settings: Settings) -> LocalBlobStore:
+    return open_blob_store(settings)
+
+
+@pytest.fixture
+def client(settings: Settings, store: Store, blobs: LocalBlobStore) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, store, blobs), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def key(store: Store) -> Key:
+    return make_key(store)
+
+
+@pytest.fixture
+def auth(key: Key) -> dict[str, str]:
+    return key.headers
+
+
+@pytest.fixture
+def worker(settings: Settings, store: Store, blobs: LocalBlobStore) -> Worker:
+    return make_worker(settings, store, blobs)
+
+
+# A tiny Stable Diffusion pipeline, built once per test run, loaded through the real adapter ------
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from support.tiny import save_tiny_sd_pipeline
+
+    return save_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
+
+

@@ -1,0 +1,71 @@
+"""Engines for failure-mode tests, loaded through the models file's `engine = "python"` entrypoint.
+
+They stand in for a model only where the test is about the worker, not the image: a run that takes
+a while (to be killed or paused mid-job), or that fails in one exact way. Images come from the real
+diffusers adapter everywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from daguerre.engine import EngineJob, StepHook
+from daguerre.errors import JobFailure, Transient
+from daguerre.sizing import fit_size, size_for_ratio
+from daguerre.wire import FailureCode
+
+
+class ScriptedEngine:
+    """Paints a solid colour derived from the prompt after `steps` steps of `step_s` seconds each.
+
+    mode: "ok" | "raise" (RuntimeError) | "job_failure" (JobFailure with `code`) | "transient".
+    runs_dir: every run leaves a file there, so tests can count how often a job ran and where.
+    """
+
+    def __init__(
+        self,
+        mode: str = "ok",
+        steps: int = 4,
+        step_s: float = 0.0,
+        pixels: int = 64 * 64,
+        multiple: int = 8,
+        code: str = "generation_failed",
+        runs_dir: str | None = None,
+    ) -> None:
+        self.mode = mode
+        self.steps = steps
+        self.step_s = step_s
+        self.pixels = pixels
+        self.multiple = multiple
+        self.code = FailureCode(code)
+        self.runs_dir = Path(runs_dir) if runs_dir else None
+
+    def generate(self, job: EngineJob, on_step: StepHook) -> Image.Image:
+        if self.runs_dir is not None:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            (self.runs_dir / f"{job.id}.{os.getpid()}.{time.monotonic_ns()}").write_text(job.prompt)
+        for step in range(1, self.steps + 1):
+            time.sleep(self.step_s)
+            on_step(step, self.steps)
+        if self.mode == "raise":
+            raise RuntimeError("engine exploded")
+        if self.mode == "job_failure":
+            raise JobFailure(self.code, f"scripted {self.code.value}")
+        if self.mode == "transient":
+            raise Transient(FailureCode.GENERATION_FAILED, "scripted transient failure")
+        if job.source is not None:
+            size = fit_size(*job.source.size, self.pixels, self.multiple)
+        else:
+            assert job.aspect_ratio is not None
+            size = size_for_ratio(job.aspect_ratio, self.pixels, self.multiple)
+        return Image.new("RGB", size, prompt_colour(job.prompt))
+
+
+def prompt_colour(prompt: str) -> tuple[int, int, int]:
+    digest = hashlib.sha256(prompt.encode()).digest()
+    return digest[0], digest[1], digest[2]

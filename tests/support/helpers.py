@@ -1,0 +1,180 @@
+"""Helpers shared by the tests: models files, keys, workers, live server and worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from daguerre.blobs import LocalBlobStore
+from daguerre.engine import ModelRegistry, load_models_file
+from daguerre.settings import Settings
+from daguerre.store import Store
+from daguerre.worker import Worker
+
+TESTS_DIR = Path(__file__).parent.parent
+
+
+def write_models_file(path: Path, tables: dict[str, dict[str, object]]) -> Path:
+    """A models file giving both public names the same table (or one table each)."""
+    lines: list[str] = []
+    for name in ("uni-1", "uni-1-max"):
+        table = tables.get(name, tables.get("*", {}))
+        lines.append(f'[models."{name}"]')
+        for key, value in table.items():
+            lines.append(f"{key} = {_toml(value)}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+def scripted_models(path: Path, **options: object) -> Path:
+    """Both models served by tests/support/engines.py:ScriptedEngine with these options."""
+    return write_models_file(
+        path, {"*": {"engine": "python", "entrypoint": "support.engines:ScriptedEngine", "options": options}}
+    )
+
+
+@dataclass(frozen=True)
+class Key:
+    account_id: str
+    key_id: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def make_key(store: Store, account: str = "acme") -> Key:
+    from daguerre.store.accounts import AccountNotFound
+
+    try:
+        owner = store.accounts.get(account)
+    except AccountNotFound:
+        owner = store.accounts.create(account)
+    record, token = store.accounts.create_key(owner.id)
+    return Key(owner.id, record.id, token)
+
+
+def make_worker(settings: Settings, store: Store, blobs: LocalBlobStore, worker_id: str = "test:0") -> Worker:
+    registry = ModelRegistry(load_models_file(settings.models_file))
+    return Worker(settings, store, blobs, registry, worker_id=worker_id)
+
+
+def tiny_sd_models(path: Path, folder: Path, **overrides: object) -> Path:
+    table: dict[str, object] = {
+        "engine": "diffusers",
+        "pipeline": "StableDiffusionPipeline",
+        "weights": str(folder),
+        "steps": 2,
+        "guidance_scale": 1.0,
+        "multiple": 8,
+        "pixels": 64 * 64,
+        **overrides,
+    }
+    return write_models_file(path, {"*": table})
+
+
+# A live `daguerre serve` in its own process ------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveServer:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    data_dir: Path
+    key: str
+    log_path: Path
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + "/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGUERRE_", "LUMA_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def start_server(data_dir: Path, models: Path, workers: int = 1, **env: str) -> LiveServer:
+    port = free_port()
+    log_path = data_dir.parent / f"serve-{port}.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daguerre.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
+             "--models", str(models), "--workers", str(workers)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(**env),
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"daguerre serve exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(base_url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError(f"daguerre serve did not start:\n{log_path.read_text()}")
+    key = (data_dir / "api-key").read_text().strip()
+    return LiveServer(process, base_url, data_dir, key, log_path)
+
+
+def start_worker(data_dir: Path, models: Path, **env: str) -> subprocess.Popen[bytes]:
+    log_path = data_dir.parent / f"worker-{time.monotonic_ns()}.log"
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "daguerre.cli", "worker", "--data-dir", str(data_dir), "--models", str(models)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(**env),
+        )
