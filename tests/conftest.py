@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from support.helpers import Key, make_key, make_worker, scripted_models
 
 from daguerre.api import create_app
 from daguerre.blobs import LocalBlobStore, open_blob_store
 from daguerre.settings import Settings
 from daguerre.store import Store, open_store
 from daguerre.worker import Worker
+from support.helpers import Key, make_key, make_worker, scripted_models
 
 
 @pytest.fixture(autouse=True)
@@ -79,5 +79,3 @@ def tiny_sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from support.tiny import save_tiny_sd_pipeline
 
     return save_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
-
-

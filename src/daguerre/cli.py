@@ -20,7 +20,9 @@ from daguerre.settings import Settings, write_private_file
 if TYPE_CHECKING:
     from daguerre.store import Store
 
-app = typer.Typer(help="daguerre: self-hosted image generation with Luma's Generations API.", no_args_is_help=True)
+app = typer.Typer(
+    help="daguerre: self-hosted image generation with Luma's Generations API.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -52,7 +54,7 @@ def _settings(config: Path | None, **values: Any) -> Settings:
 def _open_store(settings: Settings) -> Store:
     from daguerre.store import open_store
 
-    return open_store(settings.resolved_database_url)
+    return open_store(settings.resolved_database_url, key_cache_s=settings.key_cache_s)
 
 
 @app.command()
@@ -163,9 +165,13 @@ def _first_run(settings: Settings, store: Store) -> None:
 
 @keys_app.command("create")
 def keys_create(
-    account: Annotated[str, typer.Option(help="Account name or id; created if it does not exist.")] = FIRST_ACCOUNT,
+    account: Annotated[
+        str, typer.Option(help="Account name or id; created if it does not exist.")
+    ] = FIRST_ACCOUNT,
     name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
-    expires_in_days: Annotated[float | None, typer.Option(help="Expire the key after this many days.")] = None,
+    expires_in_days: Annotated[
+        float | None, typer.Option(help="Expire the key after this many days.")
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -182,7 +188,11 @@ def keys_create(
     expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
     record, token = store.accounts.create_key(owner.id, name=name, expires_at=expires_at)
     store.close()
-    typer.echo(f"key {record.id} for account '{owner.name}'" + (f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""), err=True)
+    typer.echo(
+        f"key {record.id} for account '{owner.name}'"
+        + (f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""),
+        err=True,
+    )
     typer.echo(token)
 
 
@@ -199,7 +209,13 @@ def keys_list(
     now = datetime.now(UTC)
     typer.echo(f"{'ID':36}  {'PREFIX':16}  {'ACCOUNT':16}  {'STATE':8}  {'CREATED':16}  NAME")
     for key in store.accounts.list_keys(account_id):
-        state = "revoked" if key.revoked_at else "expired" if key.expires_at and key.expires_at <= now else "active"
+        state = (
+            "revoked"
+            if key.revoked_at
+            else "expired"
+            if key.expires_at and key.expires_at <= now
+            else "active"
+        )
         typer.echo(
             f"{key.id:36}  {key.key_prefix + '…':16}  {key.account_name:16}  {state:8}  "
             f"{key.created_at:%Y-%m-%d %H:%M}  {key.name or ''}"

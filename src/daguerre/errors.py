@@ -1,11 +1,11 @@
 """The error tree. Each kind of failure becomes a wire term in exactly one place.
 
-    DaguerreError
-      + ApiError      rejected synchronously (.status, .detail)        -> HTTP, in daguerre.api.app
-      + JobFailure    failed asynchronously (.code, .reason)           -> state "failed", in daguerre.worker
-        - Transient   worth another attempt: the job is handed back, not failed
-      + LeaseLost     another worker owns the job now (or it was reaped): drop the result
-      + Cancelled     raised from an engine's step hook to stop a run at once (no decode)
+DaguerreError
+  + ApiError      rejected synchronously (.status, .detail)        -> HTTP, in daguerre.api.app
+  + JobFailure    failed asynchronously (.code, .reason)           -> state "failed", in daguerre.worker
+    - Transient   worth another attempt: the job is handed back, not failed
+  + LeaseLost     another worker owns the job now (or it was reaped): drop the result
+  + Cancelled     raised from an engine's step hook to stop a run at once (no decode)
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def open_image(data: bytes) -> Image.Image:
     from PIL import Image as PILImage
     from PIL import ImageOps
 
-    image = PILImage.open(io.BytesIO(data))
-    image.load()
-    image = ImageOps.exif_transpose(image) or image
-    return image.convert("RGB") if image.mode != "RGB" else image
+    with PILImage.open(io.BytesIO(data)) as opened:
+        opened.load()
+        image = ImageOps.exif_transpose(opened) or opened
+        return image.convert("RGB") if image.mode != "RGB" else image.copy()

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     allow_downloads: bool = False
     """Let engines download missing weights from the Hugging Face Hub on first use."""
 
+    key_cache_s: float = Field(default=2.0, ge=0)
+    """How long an API process trusts a successful key lookup; revoking a key or suspending an
+    account reaches other processes within this time (at once in the process that made the change)."""
     max_request_bytes: int = Field(default_factory=_default_max_request_bytes, ge=1024)
     lease_s: float = Field(default=30.0, gt=0)
     """How long a claimed job stays owned without a renewal; renewed every lease_s/3."""

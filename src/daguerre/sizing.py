@@ -73,12 +73,19 @@ def nearest_ratio(width: int, height: int) -> str:
 
 
 def fit_size(width: int, height: int, max_pixels: int, multiple: int) -> tuple[int, int]:
-    """A size with the aspect ratio of width:height, at most `max_pixels`, in multiples of `multiple`.
+    """The size nearest to width x height, in multiples of `multiple`, at most `max_pixels`, with the
+    aspect ratio kept as exactly as the multiple allows.
 
     Used for edits: the output keeps the source's size when the model allows it, otherwise the
     nearest size the model supports.
     """
+    r = width / height
+    long_over_short = max(r, 1 / r)
     scale = min(1.0, math.sqrt(max_pixels / (width * height)))
-    w = max(multiple, int(width * scale) // multiple * multiple)
-    h = max(multiple, int(height * scale) // multiple * multiple)
-    return w, h
+    short = max(multiple, round(min(width, height) * scale / multiple) * multiple)
+    while True:
+        long = max(multiple, round(short * long_over_short / multiple) * multiple)
+        if short * long <= max_pixels or short == multiple:
+            break
+        short -= multiple
+    return (long, short) if r >= 1 else (short, long)

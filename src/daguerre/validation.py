@@ -109,17 +109,19 @@ def parse_generation_create(body: Any) -> GenerationCreate:
         raise _bad(Detail.TOO_MANY_REFS_EDIT if is_edit else Detail.TOO_MANY_REFS_IMAGE)
     image_ref = [parse_image_ref(ref, f"image_ref[{i}]") for i, ref in enumerate(raw_refs)]
 
-    return GenerationCreate(
-        prompt=prompt,
-        model=model,
-        type=GenerationType(type_),
-        aspect_ratio=aspect_ratio,
-        style=style,
-        output_format=output_format,
-        web_search=web_search,
-        image_ref=image_ref or None,
-        source=source,
-        user_id=user_id,
+    return GenerationCreate.model_validate(
+        {
+            "prompt": prompt,
+            "model": model,
+            "type": type_,
+            "aspect_ratio": aspect_ratio,
+            "style": style,
+            "output_format": output_format,
+            "web_search": web_search,
+            "image_ref": image_ref or None,
+            "source": source,
+            "user_id": user_id,
+        }
     )
 
 
@@ -128,8 +130,7 @@ def parse_image_ref(value: Any, path: str) -> ImageRef:
     if not isinstance(value, dict):
         raise _bad(Detail.wrong_type(path, "object"))
     fields = {
-        name: _optional(value, name, str, f"{path}.{name}")
-        for name in (*IMAGE_REF_SOURCES, "media_type")
+        name: _optional(value, name, str, f"{path}.{name}") for name in (*IMAGE_REF_SOURCES, "media_type")
     }
     given = [name for name in IMAGE_REF_SOURCES if fields[name]]
     if fields["url"] and fields["data"]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from support.helpers import make_key
 
 from daguerre.store.accounts import AccountStatus, hash_key
+from support.helpers import make_key
 
 BODY = {"prompt": "a lighthouse"}
 
@@ -35,7 +35,9 @@ def test_missing_or_malformed_key(client, header):
 
 
 def test_well_formed_unknown_key(client):
-    response = client.post("/v1/generations", json=BODY, headers={"Authorization": "Bearer luma-api-" + "x" * 43})
+    response = client.post(
+        "/v1/generations", json=BODY, headers={"Authorization": "Bearer luma-api-" + "x" * 43}
+    )
     assert (response.status_code, response.json()) == (401, {"detail": "Invalid API key"})
 
 
@@ -49,16 +51,23 @@ def test_revoked_key(client, store, key):
 def test_expired_key(client, store):
     account = store.accounts.create("short-lived")
     _, token = store.accounts.create_key(account.id, expires_at=datetime.now(UTC) - timedelta(seconds=1))
-    response = client.get("/v1/generations/d290f1ee-6c54-4b01-90e6-d701748f0851",
-                          headers={"Authorization": f"Bearer {token}"})
+    response = client.get(
+        "/v1/generations/d290f1ee-6c54-4b01-90e6-d701748f0851", headers={"Authorization": f"Bearer {token}"}
+    )
     assert (response.status_code, response.json()) == (401, {"detail": "API key has expired"})
     _, fresh = store.accounts.create_key(account.id, expires_at=datetime.now(UTC) + timedelta(hours=1))
-    assert client.post("/v1/generations", json=BODY, headers={"Authorization": f"Bearer {fresh}"}).status_code == 201
+    assert (
+        client.post("/v1/generations", json=BODY, headers={"Authorization": f"Bearer {fresh}"}).status_code
+        == 201
+    )
 
 
 @pytest.mark.parametrize(
     ("status", "detail"),
-    [(AccountStatus.SUSPENDED, "API client is suspended"), (AccountStatus.DEACTIVATED, "API client is deactivated")],
+    [
+        (AccountStatus.SUSPENDED, "API client is suspended"),
+        (AccountStatus.DEACTIVATED, "API client is deactivated"),
+    ],
 )
 def test_suspended_and_deactivated_accounts_get_403(client, store, key, status, detail):
     store.accounts.set_status(key.account_id, status)

@@ -29,18 +29,24 @@ def post(client, auth, body):
         ({"prompt": "hi", "model": 1}, "model: must be a string"),
         ({"prompt": "hi", "type": "video"}, "Type 'video' is not supported for model 'uni-1'"),
         ({"prompt": "hi", "type": "video_edit"}, "Type 'video_edit' is not supported for model 'uni-1'"),
-        ({"prompt": "hi", "type": "video_reframe", "model": "uni-1-max"},
-         "Type 'video_reframe' is not supported for model 'uni-1-max'"),
+        (
+            {"prompt": "hi", "type": "video_reframe", "model": "uni-1-max"},
+            "Type 'video_reframe' is not supported for model 'uni-1-max'",
+        ),
         ({"prompt": "hi", "type": "layering"}, "Type 'layering' is not supported for model 'uni-1'"),
         ({"prompt": "hi", "type": True}, "type: must be a string"),
         ({"prompt": "hi", "aspect_ratio": "4:3"}, f"Invalid aspect_ratio '4:3'. Valid: {VALID_RATIOS}"),
         ({"prompt": "hi", "aspect_ratio": "21:9"}, f"Invalid aspect_ratio '21:9'. Valid: {VALID_RATIOS}"),
         ({"prompt": "hi", "aspect_ratio": 1}, "aspect_ratio: must be a string"),
         ({"prompt": "hi", "style": "anime"}, "style: must be one of auto, manga"),
-        ({"prompt": "hi", "style": "manga", "aspect_ratio": "16:9"},
-         "style: 'manga' requires aspect_ratio 2:3, 9:16, 1:2 or 1:3"),
-        ({"prompt": "hi", "style": "manga", "aspect_ratio": "1:1"},
-         "style: 'manga' requires aspect_ratio 2:3, 9:16, 1:2 or 1:3"),
+        (
+            {"prompt": "hi", "style": "manga", "aspect_ratio": "16:9"},
+            "style: 'manga' requires aspect_ratio 2:3, 9:16, 1:2 or 1:3",
+        ),
+        (
+            {"prompt": "hi", "style": "manga", "aspect_ratio": "1:1"},
+            "style: 'manga' requires aspect_ratio 2:3, 9:16, 1:2 or 1:3",
+        ),
         ({"prompt": "hi", "output_format": "webp"}, "output_format: must be one of png, jpeg"),
         ({"prompt": "hi", "web_search": "yes"}, "web_search: must be a boolean"),
         ({"prompt": "hi", "web_search": 1}, "web_search: must be a boolean"),
@@ -48,24 +54,55 @@ def post(client, auth, body):
         ({"prompt": "hi", "user_id": 7}, "user_id: must be a string"),
         ({"prompt": "hi", "type": "image_edit"}, "source is required for type 'image_edit'"),
         ({"prompt": "hi", "type": "image_edit", "source": None}, "source is required for type 'image_edit'"),
-        ({"prompt": "hi", "source": {"url": "https://x/y.png"}}, "source is only valid for type 'image_edit'"),
+        (
+            {"prompt": "hi", "source": {"url": "https://x/y.png"}},
+            "source is only valid for type 'image_edit'",
+        ),
         ({"prompt": "hi", "image_ref": {"url": "https://x/y.png"}}, "image_ref: must be an array"),
-        ({"prompt": "hi", "image_ref": [{"url": "https://x/y.png"}] * 10}, "image supports up to 9 reference images"),
-        ({"prompt": "hi", "type": "image_edit", "source": {"url": "https://x/s.png"},
-          "image_ref": [{"url": "https://x/y.png"}] * 9},
-         "image_edit supports up to 8 reference images (source occupies one slot)"),
+        (
+            {"prompt": "hi", "image_ref": [{"url": "https://x/y.png"}] * 10},
+            "image supports up to 9 reference images",
+        ),
+        (
+            {
+                "prompt": "hi",
+                "type": "image_edit",
+                "source": {"url": "https://x/s.png"},
+                "image_ref": [{"url": "https://x/y.png"}] * 9,
+            },
+            "image_edit supports up to 8 reference images (source occupies one slot)",
+        ),
         ({"prompt": "hi", "image_ref": ["https://x/y.png"]}, "image_ref[0]: must be an object"),
-        ({"prompt": "hi", "image_ref": [{"url": "https://x/y.png", "data": PNG_B64, "media_type": "image/png"}]},
-         "image_ref[0]: provide either 'url' or 'data', not both"),
-        ({"prompt": "hi", "image_ref": [{"media_type": "image/png"}]},
-         "image_ref[0]: provide either 'url' or 'data', not neither"),
-        ({"prompt": "hi", "image_ref": [{"url": ""}]}, "image_ref[0]: provide either 'url' or 'data', not neither"),
-        ({"prompt": "hi", "image_ref": [{"url": "https://x/y.png"}, {"url": "https://x/y.png", "file_id": "f"}]},
-         "image_ref[1]: provide exactly one of 'url', 'data', 'generation_id', 'file_id'"),
-        ({"prompt": "hi", "type": "image_edit", "source": {"generation_id": "a", "file_id": "b"}},
-         "source: provide exactly one of 'url', 'data', 'generation_id', 'file_id'"),
-        ({"prompt": "hi", "type": "image_edit", "source": {"data": PNG_B64}},
-         "source: 'media_type' is required with 'data'"),
+        (
+            {
+                "prompt": "hi",
+                "image_ref": [{"url": "https://x/y.png", "data": PNG_B64, "media_type": "image/png"}],
+            },
+            "image_ref[0]: provide either 'url' or 'data', not both",
+        ),
+        (
+            {"prompt": "hi", "image_ref": [{"media_type": "image/png"}]},
+            "image_ref[0]: provide either 'url' or 'data', not neither",
+        ),
+        (
+            {"prompt": "hi", "image_ref": [{"url": ""}]},
+            "image_ref[0]: provide either 'url' or 'data', not neither",
+        ),
+        (
+            {
+                "prompt": "hi",
+                "image_ref": [{"url": "https://x/y.png"}, {"url": "https://x/y.png", "file_id": "f"}],
+            },
+            "image_ref[1]: provide exactly one of 'url', 'data', 'generation_id', 'file_id'",
+        ),
+        (
+            {"prompt": "hi", "type": "image_edit", "source": {"generation_id": "a", "file_id": "b"}},
+            "source: provide exactly one of 'url', 'data', 'generation_id', 'file_id'",
+        ),
+        (
+            {"prompt": "hi", "type": "image_edit", "source": {"data": PNG_B64}},
+            "source: 'media_type' is required with 'data'",
+        ),
         ({"prompt": "hi", "type": "image_edit", "source": {"url": 5}}, "source.url: must be a string"),
         ({"prompt": "hi", "type": "image_edit", "source": "https://x/y.png"}, "source: must be an object"),
     ],
@@ -118,7 +155,9 @@ def test_unknown_keys_and_other_types_options_are_ignored(client, auth):
 
 def test_manga_is_allowed_with_portrait_and_null_ratios(client, auth):
     for ratio in ("2:3", "9:16", "1:2", "1:3", None):
-        assert post(client, auth, {"prompt": "hi", "style": "manga", "aspect_ratio": ratio}).status_code == 201
+        assert (
+            post(client, auth, {"prompt": "hi", "style": "manga", "aspect_ratio": ratio}).status_code == 201
+        )
 
 
 def test_every_valid_ratio_and_format_is_accepted(client, auth):
@@ -142,7 +181,9 @@ def test_malformed_json_is_400_with_a_string_detail(client, auth):
 
 def test_non_ascii_bodies_sent_unescaped_are_accepted(client, auth):
     body = json.dumps({"prompt": "un chat sur un toit à Montréal, 夕焼け"}, ensure_ascii=False).encode()
-    response = client.post("/v1/generations", headers={**auth, "content-type": "application/json"}, content=body)
+    response = client.post(
+        "/v1/generations", headers={**auth, "content-type": "application/json"}, content=body
+    )
     assert response.status_code == 201
 
 
@@ -153,7 +194,10 @@ def test_data_ref_errors_are_422_and_413(client, auth):
 
     not_image = {"prompt": "hi", "image_ref": [{"data": PNG_B64, "media_type": "text/html"}]}
     response = post(client, auth, not_image)
-    assert (response.status_code, response.json()) == (422, {"detail": "image_ref[0]: content-type is not an image"})
+    assert (response.status_code, response.json()) == (
+        422,
+        {"detail": "image_ref[0]: content-type is not an image"},
+    )
 
 
 def test_an_image_over_50_mb_is_413(client, auth):
@@ -166,5 +210,8 @@ def test_an_image_over_50_mb_is_413(client, auth):
 
 
 def test_data_url_prefix_is_stripped(client, auth):
-    body = {"prompt": "hi", "image_ref": [{"data": "data:image/png;base64," + PNG_B64, "media_type": "image/png"}]}
+    body = {
+        "prompt": "hi",
+        "image_ref": [{"data": "data:image/png;base64," + PNG_B64, "media_type": "image/png"}],
+    }
     assert post(client, auth, body).status_code == 201

@@ -15,7 +15,16 @@ def test_create_answers_201_with_a_queued_generation(client, auth):
     response = client.post("/v1/generations", json=BODY, headers=auth)
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"id", "type", "state", "model", "created_at", "output", "failure_reason", "failure_code"}
+    assert set(body) == {
+        "id",
+        "type",
+        "state",
+        "model",
+        "created_at",
+        "output",
+        "failure_reason",
+        "failure_code",
+    }
     assert uuid.UUID(body["id"])
     assert body["state"] == "queued"
     assert (body["type"], body["model"], body["output"]) == ("image", "uni-1", [])
@@ -95,8 +104,9 @@ def test_body_over_the_cap_is_413_before_it_is_read(tmp_path, store, blobs, key)
             for _ in range(10):
                 yield b"x" * 1000
 
-        streamed = small.post("/v1/generations", headers={**key.headers, "content-type": "application/json"},
-                              content=chunks())
+        streamed = small.post(
+            "/v1/generations", headers={**key.headers, "content-type": "application/json"}, content=chunks()
+        )
         assert (streamed.status_code, streamed.json()) == (413, {"detail": "Request body too large"})
         assert small.post("/v1/generations", headers=key.headers, json={"prompt": "fits"}).status_code == 201
 
@@ -123,7 +133,13 @@ def test_openapi_schema_documents_the_api(client):
     assert "201" in post["responses"]
     components = schema["components"]["schemas"]
     assert {"GenerationCreate", "ImageRef", "Generation", "ErrorBody"} <= set(components)
-    assert set(components["GenerationCreate"]["properties"]) >= {"prompt", "model", "type", "aspect_ratio", "source"}
+    assert set(components["GenerationCreate"]["properties"]) >= {
+        "prompt",
+        "model",
+        "type",
+        "aspect_ratio",
+        "source",
+    }
     assert "/v1/generations/{generation_id}" in schema["paths"]
 
 

@@ -41,7 +41,7 @@ def _toml(value: object) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{_toml(str(k))} = {_toml(v)}" for k, v in value.items()) + " }"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return repr(value)
@@ -146,8 +146,20 @@ def start_server(data_dir: Path, models: Path, workers: int = 1, **env: str) -> 
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daguerre.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
-             "--models", str(models), "--workers", str(workers)],
+            [
+                sys.executable,
+                "-m",
+                "daguerre.cli",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+                "--models",
+                str(models),
+                "--workers",
+                str(workers),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=subprocess_env(**env),
@@ -173,7 +185,16 @@ def start_worker(data_dir: Path, models: Path, **env: str) -> subprocess.Popen[b
     log_path = data_dir.parent / f"worker-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "daguerre.cli", "worker", "--data-dir", str(data_dir), "--models", str(models)],
+            [
+                sys.executable,
+                "-m",
+                "daguerre.cli",
+                "worker",
+                "--data-dir",
+                str(data_dir),
+                "--models",
+                str(models),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=subprocess_env(**env),

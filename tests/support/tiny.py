@@ -79,7 +79,11 @@ def tiny_sd_pipeline(seed: int = 0):
         )
     )
     scheduler = EulerDiscreteScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, timestep_spacing="trailing"
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        steps_offset=1,
+        timestep_spacing="trailing",
     )
     return StableDiffusionPipeline(
         unet=unet.eval(),

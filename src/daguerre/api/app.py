@@ -97,7 +97,9 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         request_schema = GenerationCreate.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(request_schema.pop("$defs", {}))

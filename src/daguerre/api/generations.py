@@ -12,13 +12,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from daguerre.api.deps import BlobsDep, CallerDep, JsonBody, SettingsDep, StoreDep
+from daguerre.api.deps import BlobsDep, CallerDep, JsonBody, SettingsDep, StoreDep, read
 from daguerre.api.ingest import ingest_inputs
 from daguerre.blobs import BlobStore
+from daguerre.errors import ApiError
 from daguerre.sizing import pick_aspect_ratio
 from daguerre.store.generations import GenerationRecord, NewGeneration
 from daguerre.validation import parse_generation_create
-from daguerre.errors import ApiError
 from daguerre.wire import (
     OUTPUT_URL_TTL_S,
     Detail,
@@ -51,7 +51,9 @@ def to_wire(record: GenerationRecord, blobs: BlobStore, base_url: str | None) ->
     """The Luma Generation for a stored record; output URLs are minted fresh on every call."""
     output: list[Output] = []
     if record.state == State.COMPLETED:
-        output = [Output(url=blobs.presign_get(key, OUTPUT_URL_TTL_S, base_url)) for key in record.output_keys]
+        output = [
+            Output(url=blobs.presign_get(key, OUTPUT_URL_TTL_S, base_url)) for key in record.output_keys
+        ]
     return Generation(
         id=record.id,
         type=record.type,
@@ -82,7 +84,12 @@ def base_url(request: Request) -> str:
     },
 )
 def create_generation(
-    request: Request, caller: CallerDep, body: JsonBody, store: StoreDep, blobs: BlobsDep, settings: SettingsDep
+    request: Request,
+    caller: CallerDep,
+    body: JsonBody,
+    store: StoreDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
 ) -> Generation:
     """Validate the request, store its input images and queue it; answers with state `queued`."""
     create = parse_generation_create(body)
@@ -110,12 +117,12 @@ def create_generation(
     responses={401: _ERRORS[401], 404: {"model": ErrorBody, "description": "Generation not found"}},
     summary="Get a generation",
 )
-def get_generation(
+async def get_generation(
     generation_id: str, request: Request, caller: CallerDep, store: StoreDep, blobs: BlobsDep
 ) -> Generation:
     """The generation's state; completed ones carry presigned output URLs valid for one hour."""
     canonical_id = parse_uuid(generation_id)
-    record = canonical_id and store.generations.get(canonical_id, account_id=caller.account_id)
+    record = await read(store, store.generations.get, canonical_id, caller.account_id) if canonical_id else None
     if record is None:
         raise ApiError(404, Detail.GENERATION_NOT_FOUND)
     return to_wire(record, blobs, base_url(request))

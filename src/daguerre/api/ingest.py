@@ -46,8 +46,8 @@ def ingest_inputs(
 
 def _generation_output(generation_id: str, account_id: str, path: str, store: Store) -> str:
     canonical = parse_uuid(generation_id)
-    record = canonical and store.generations.get(canonical, account_id=account_id)
-    if not record:
+    record = store.generations.get(canonical, account_id=account_id) if canonical else None
+    if record is None:
         raise ApiError(400, Detail.ref_generation_not_found(path))
     if record.state != State.COMPLETED or not record.output_keys:
         raise ApiError(400, Detail.ref_generation_not_completed(path))

@@ -44,7 +44,9 @@ class HeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [
-                    (k, v) for k, v in message.get("headers", []) if k not in (b"x-request-id", b"x-api-version")
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k not in (b"x-request-id", b"x-api-version")
                 ]
                 headers += [(b"x-request-id", request_id), _API_VERSION_HEADER]
                 message = {**message, "headers": headers}

@@ -1,8 +1,8 @@
 """Blob storage: input images, outputs and uploads, handed out as presigned URLs.
 
-    blobs = open_blob_store(settings)
-    blobs.put("outputs/<id>/<token>/0.png", data, "image/png")
-    url = blobs.presign_get("outputs/<id>/<token>/0.png", 3600, base_url="http://host:8000")
+blobs = open_blob_store(settings)
+blobs.put("outputs/<id>/<token>/0.png", data, "image/png")
+url = blobs.presign_get("outputs/<id>/<token>/0.png", 3600, base_url="http://host:8000")
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from daguerre.blobs.base import BlobNotFound
-from daguerre.blobs.sigv4 import Credentials, Presigner
+from daguerre.blobs.sigv4 import Credentials, presign
 
 BUCKET = "daguerre"
 ROUTE_PREFIX = "/blobs"
@@ -32,7 +32,6 @@ class LocalBlobStore:
         self.credentials = credentials
         self.bucket = BUCKET
         self._public_url = public_url.rstrip("/") if public_url else None
-        self._presigner = Presigner(credentials, BUCKET)
 
     def path_for(self, key: str) -> Path:
         """The file behind `key`, guaranteed to be inside the root (no `..`, no absolute keys)."""
@@ -75,10 +74,16 @@ class LocalBlobStore:
         return base + ROUTE_PREFIX
 
     def presign_get(self, key: str, ttl_s: int, base_url: str | None = None) -> str:
-        return self._presigner.get_url(self._endpoint(base_url), key, ttl_s)
+        return presign(
+            method="GET", endpoint=self._endpoint(base_url), bucket=self.bucket, key=key, ttl_s=ttl_s,
+            credentials=self.credentials,
+        )
 
     def presign_put(self, key: str, ttl_s: int, content_type: str, base_url: str | None = None) -> str:
-        return self._presigner.put_url(self._endpoint(base_url), key, ttl_s, content_type)
+        return presign(
+            method="PUT", endpoint=self._endpoint(base_url), bucket=self.bucket, key=key, ttl_s=ttl_s,
+            credentials=self.credentials, content_type=content_type,
+        )
 
     @staticmethod
     def content_type(key: str) -> str:

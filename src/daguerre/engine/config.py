@@ -98,11 +98,13 @@ def load_models_file(path: Path | None = None) -> dict[str, ModelSpec]:
         raise ModelsConfigError(f"cannot read models file {path}: {exc}") from exc
     tables = raw.get("models")
     if not isinstance(tables, dict):
-        raise ModelsConfigError(f"{path}: expected [models.\"uni-1\"] and [models.\"uni-1-max\"] tables")
+        raise ModelsConfigError(f'{path}: expected [models."uni-1"] and [models."uni-1-max"] tables')
     specs: dict[str, ModelSpec] = {}
     for name, table in tables.items():
         if name not in MODELS:
-            raise ModelsConfigError(f"{path}: unknown public model name {name!r} (known: {', '.join(MODELS)})")
+            raise ModelsConfigError(
+                f"{path}: unknown public model name {name!r} (known: {', '.join(MODELS)})"
+            )
         try:
             specs[name] = ModelSpec(name=name, **table)
         except (ValidationError, TypeError) as exc:

@@ -1,7 +1,7 @@
 """Metadata and the job queue, in SQL: SQLite by default, PostgreSQL for scale-out.
 
-    store = open_store(settings.resolved_database_url)   # runs pending migrations
-    store.accounts.find_key(...); store.generations.claim(...)
+store = open_store(settings.resolved_database_url)   # runs pending migrations
+store.accounts.find_key(...); store.generations.claim(...)
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ class Store:
         self.db.dispose()
 
 
-def open_store(url: str, *, migrate: bool = True) -> Store:
+def open_store(url: str, *, migrate: bool = True, key_cache_s: float = 2.0) -> Store:
     """Open the database at `url`, bringing its schema up to date first unless told not to."""
     if migrate:
         upgrade(url)
     db = Database(url)
-    return Store(db=db, accounts=AccountStore(db), generations=GenerationStore(db))
+    return Store(db=db, accounts=AccountStore(db, key_cache_s=key_cache_s), generations=GenerationStore(db))
 
 
 __all__ = ["Store", "open_store"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,8 +74,18 @@ def new_key() -> str:
 
 
 class AccountStore:
-    def __init__(self, db: Database) -> None:
+    """Accounts and keys. Successful key lookups are cached for `key_cache_s` seconds (default 2),
+    so a busy API does not query the database for every request: revoking a key or suspending an
+    account takes effect at once in this process and within `key_cache_s` in other processes."""
+
+    def __init__(self, db: Database, key_cache_s: float = 2.0, key_cache_size: int = 10_000) -> None:
         self._db = db
+        self._key_cache_s = key_cache_s
+        self._key_cache_size = key_cache_size
+        self._key_cache: dict[str, tuple[float, KeyMatch]] = {}
+
+    def _forget_keys(self) -> None:
+        self._key_cache.clear()
 
     # Accounts --------------------------------------------------------------------------------
 
@@ -97,7 +108,7 @@ class AccountStore:
             raise AccountNotFound(id_or_name)
         return _account(row)
 
-    def list(self) -> list[Account]:
+    def all(self) -> list[Account]:
         with self._db.read() as conn:
             rows = conn.execute(sa.select(accounts).order_by(accounts.c.created_at)).all()
         return [_account(row) for row in rows]
@@ -107,6 +118,7 @@ class AccountStore:
             return int(conn.execute(sa.select(sa.func.count()).select_from(accounts)).scalar_one())
 
     def set_status(self, account_id: str, status: AccountStatus) -> None:
+        self._forget_keys()
         with self._db.write() as conn:
             result = conn.execute(accounts.update().where(accounts.c.id == account_id).values(status=status))
         if result.rowcount == 0:
@@ -166,6 +178,7 @@ class AccountStore:
 
     def revoke_key(self, key_id_or_prefix: str) -> bool:
         """Revoke by key id (or by the displayed prefix when it is unique). False if none matched."""
+        self._forget_keys()
         with self._db.write() as conn:
             matches = conn.execute(
                 sa.select(api_keys.c.id).where(
@@ -181,22 +194,25 @@ class AccountStore:
             )
         return True
 
+    def cached_key(self, key_hash: str) -> KeyMatch | None:
+        """A recent successful lookup of this key, if there is one (no database access)."""
+        entry = self._key_cache.get(key_hash)
+        if entry is None or time.monotonic() - entry[0] > self._key_cache_s:
+            return None
+        return entry[1]
+
     def find_key(self, key_hash: str) -> KeyMatch | None:
         """The key whose hash is `key_hash`, with its account's status; one indexed query."""
-        query = (
-            sa.select(
-                api_keys.c.id,
-                api_keys.c.key_hash,
-                api_keys.c.account_id,
-                api_keys.c.expires_at,
-                api_keys.c.revoked_at,
-                accounts.c.status,
-            )
-            .join(accounts)
-            .where(api_keys.c.key_hash == key_hash)
-        )
+        match = self._lookup_key(key_hash)
+        if match is not None and self._key_cache_s > 0:
+            if len(self._key_cache) >= self._key_cache_size:
+                self._key_cache.clear()
+            self._key_cache[key_hash] = (time.monotonic(), match)
+        return match
+
+    def _lookup_key(self, key_hash: str) -> KeyMatch | None:
         with self._db.read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_FIND_KEY, {"key_hash": key_hash}).first()
         if row is None:
             return None
         return KeyMatch(
@@ -207,6 +223,20 @@ class AccountStore:
             expires_at=row.expires_at,
             revoked_at=row.revoked_at,
         )
+
+
+_FIND_KEY = (
+    sa.select(
+        api_keys.c.id,
+        api_keys.c.key_hash,
+        api_keys.c.account_id,
+        api_keys.c.expires_at,
+        api_keys.c.revoked_at,
+        accounts.c.status,
+    )
+    .join(accounts)
+    .where(api_keys.c.key_hash == sa.bindparam("key_hash"))
+)
 
 
 def _account(row: sa.Row[tuple[object, ...]]) -> Account:

@@ -21,6 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 _IMMEDIATE = "daguerre_immediate"
+_NO_BEGIN = "daguerre_no_begin"
 
 
 class Database:
@@ -33,18 +34,25 @@ class Database:
         self._commits = 0
         self._changed = threading.Condition()
 
+    @property
+    def fast_reads(self) -> bool:
+        """True when a single-row read by key costs well under a millisecond and never waits on the
+        network or on a lock (SQLite in WAL mode on a local file). An async caller may then run
+        such reads inline instead of paying for a thread hand-off."""
+        return self.is_sqlite
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read transaction (deferred on SQLite: readers never block writers in WAL mode)."""
-        with self.engine.connect() as conn, conn.begin():
+        """A connection for one read. On SQLite no BEGIN is sent: a single SELECT is its own consistent
+        snapshot, and readers never block writers in WAL mode."""
+        with self.engine.connect().execution_options(**{_NO_BEGIN: True}) as conn, conn.begin():
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction; on SQLite it holds the write lock from its first statement."""
-        with self.engine.connect().execution_options(**{_IMMEDIATE: True}) as conn:
-            with conn.begin():
-                yield conn
+        with self.engine.connect().execution_options(**{_IMMEDIATE: True}) as conn, conn.begin():
+            yield conn
         with self._changed:
             self._commits += 1
             self._changed.notify_all()
@@ -120,7 +128,9 @@ def _create_engine(url: sa.URL, is_sqlite: bool) -> Engine:
     database = url.database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20)
+    engine = sa.create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, pool_reset_on_return=None
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -135,7 +145,9 @@ def _create_engine(url: sa.URL, is_sqlite: bool) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(_NO_BEGIN, False):
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_IMMEDIATE, False) else "BEGIN")
 
     return engine

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,7 +29,7 @@ class GenerationRecord:
     model: str
     type: GenerationType
     state: State
-    request: GenerationCreate
+    request_json: dict[str, Any]
     aspect_ratio: str | None
     output_format: str
     user_id: str | None
@@ -44,6 +45,11 @@ class GenerationRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @cached_property
+    def request(self) -> GenerationCreate:
+        """The stored request, validated again on read (parsed only when someone needs it)."""
+        return GenerationCreate.model_validate(self.request_json)
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,11 @@ class Reaped:
 
 _STATES_ACTIVE = (State.QUEUED.value, State.PROCESSING.value)
 
+# Hot-path statements are built once: constructing and cache-keying a select costs more than
+# running it on SQLite.
+_GET = sa.select(g).where(g.c.id == sa.bindparam("generation_id"))
+_GET_OWNED = _GET.where(g.c.account_id == sa.bindparam("account_id"))
+
 
 class GenerationStore:
     def __init__(self, db: Database) -> None:
@@ -80,7 +91,10 @@ class GenerationStore:
             "model": new.request.model,
             "type": new.request.type.value,
             "state": State.QUEUED.value,
-            "request": new.request.model_dump(mode="json", exclude_none=True),
+            # Input bytes live in blobs (input_keys), never in the row: base64 `data` is left out.
+            "request": new.request.model_dump(
+                mode="json", exclude_none=True, exclude={"source": {"data"}, "image_ref": {"__all__": {"data"}}}
+            ),
             "aspect_ratio": new.aspect_ratio,
             "output_format": new.request.output_format or "png",
             "user_id": new.request.user_id,
@@ -97,11 +111,13 @@ class GenerationStore:
 
     def get(self, generation_id: str, account_id: str | None = None) -> GenerationRecord | None:
         """The generation, or None when it is unknown or (with `account_id`) another account's."""
-        query = sa.select(g).where(g.c.id == generation_id)
-        if account_id is not None:
-            query = query.where(g.c.account_id == account_id)
+        query, params = (
+            (_GET, {"generation_id": generation_id})
+            if account_id is None
+            else (_GET_OWNED, {"generation_id": generation_id, "account_id": account_id})
+        )
         with self._db.read() as conn:
-            row = conn.execute(query).mappings().first()
+            row = conn.execute(query, params).mappings().first()
         return None if row is None else _record(row)
 
     def count_active(self, account_id: str) -> int:
@@ -128,7 +144,9 @@ class GenerationStore:
     def has_claimable(self) -> bool:
         """A cheap read that lets idle workers skip taking the write lock."""
         with self._db.read() as conn:
-            return conn.execute(sa.select(g.c.id).where(self._claimable(utcnow())).limit(1)).first() is not None
+            return (
+                conn.execute(sa.select(g.c.id).where(self._claimable(utcnow())).limit(1)).first() is not None
+            )
 
     def claim(self, worker_id: str, lease_s: float) -> GenerationRecord | None:
         """Take the next job: highest priority, then the account with the fewest running jobs, then
@@ -171,9 +189,7 @@ class GenerationStore:
         return None if row is None else _record(row)
 
     def _guard(self, generation_id: str, token: str) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            g.c.id == generation_id, g.c.lease_token == token, g.c.state == State.PROCESSING.value
-        )
+        return sa.and_(g.c.id == generation_id, g.c.lease_token == token, g.c.state == State.PROCESSING.value)
 
     def renew(self, generation_id: str, token: str, lease_s: float) -> bool:
         """Extend the lease; False when the lease is lost (then the worker must stop)."""
@@ -242,7 +258,10 @@ class GenerationStore:
                 exhausted,
                 "Generation failed: the worker running it stopped responding and no attempt is left",
             ),
-            (over_ttl, f"Generation failed: it ran longer than the active-job limit of {active_job_ttl_s:g} s"),
+            (
+                over_ttl,
+                f"Generation failed: it ran longer than the active-job limit of {active_job_ttl_s:g} s",
+            ),
         )
         reaped: list[Reaped] = []
         with self._db.write() as conn:
@@ -276,7 +295,7 @@ def _record(row: Any) -> GenerationRecord:
         model=row["model"],
         type=GenerationType(row["type"]),
         state=State(row["state"]),
-        request=GenerationCreate.model_validate(row["request"]),
+        request_json=row["request"],
         aspect_ratio=row["aspect_ratio"],
         output_format=row["output_format"],
         user_id=row["user_id"],

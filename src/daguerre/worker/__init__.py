@@ -69,7 +69,9 @@ class WorkerPool:
         for worker in self.workers:
             running = worker.running
             if running is not None:
-                handed_back = self._store.generations.hand_back(running.generation_id, running.token, count_attempt=False)
+                handed_back = self._store.generations.hand_back(
+                    running.generation_id, running.token, count_attempt=False
+                )
                 log.warning(
                     "worker %s did not stop in time; %s %s",
                     worker.worker_id,

@@ -24,7 +24,9 @@ class Lease:
         self._generations = generations
         self._lease_s = lease_s
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{generation_id[:8]}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._renew_loop, name=f"lease-{generation_id[:8]}", daemon=True
+        )
 
     def __enter__(self) -> Lease:
         self._thread.start()
@@ -44,6 +46,8 @@ class Lease:
                 log.exception("renewing the lease of %s failed", self.generation_id)
                 continue
             if not still_ours:
-                log.warning("lease of %s lost: another worker owns it now, or it was reaped", self.generation_id)
+                log.warning(
+                    "lease of %s lost: another worker owns it now, or it was reaped", self.generation_id
+                )
                 self.lost.set()
                 return

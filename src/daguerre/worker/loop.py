@@ -81,7 +81,9 @@ class Worker:
                     stop.wait(1.0)
                     continue
                 if outcome is None:
-                    watcher.wait(timeout=min(1.0, self.settings.reap_interval_s), poll_s=self.settings.idle_poll_s)
+                    watcher.wait(
+                        timeout=min(1.0, self.settings.reap_interval_s), poll_s=self.settings.idle_poll_s
+                    )
         finally:
             watcher.close()
 
@@ -99,7 +101,9 @@ class Worker:
             return None
         assert record.lease_token is not None
         token = record.lease_token
-        log.info("%s claimed %s (attempt %d/%d)", self.worker_id, record.id, record.attempts, record.max_attempts)
+        log.info(
+            "%s claimed %s (attempt %d/%d)", self.worker_id, record.id, record.attempts, record.max_attempts
+        )
         self.running = Running(record.id, token)
         self._stop_at = None
         generations = self.store.generations
@@ -128,7 +132,9 @@ class Worker:
             if not generations.complete(record.id, token, output_keys):
                 for key in output_keys:
                     self.blobs.delete(key)
-                log.warning("%s: %s finished after its lease was lost; result dropped", self.worker_id, record.id)
+                log.warning(
+                    "%s: %s finished after its lease was lost; result dropped", self.worker_id, record.id
+                )
                 return Outcome(record.id, None)
             log.info("%s completed %s", self.worker_id, record.id)
             return Outcome(record.id, State.COMPLETED)
@@ -143,7 +149,9 @@ class Worker:
 
     # One job -----------------------------------------------------------------------------------
 
-    def _process(self, record: GenerationRecord, lease: Lease, stop: threading.Event | None) -> tuple[str, ...]:
+    def _process(
+        self, record: GenerationRecord, lease: Lease, stop: threading.Event | None
+    ) -> tuple[str, ...]:
         inputs = [self._load_input(key) for key in record.input_keys]
         is_edit = record.type == GenerationType.IMAGE_EDIT
         job = EngineJob(
@@ -189,4 +197,6 @@ class Worker:
         try:
             return open_image(data)
         except (OSError, ValueError) as exc:
-            raise JobFailure(FailureCode.CORRUPT_INPUT, f"An input image could not be decoded: {exc}") from exc
+            raise JobFailure(
+                FailureCode.CORRUPT_INPUT, f"An input image could not be decoded: {exc}"
+            ) from exc

@@ -24,9 +24,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _is_local(weights: str) -> bool:
+    return weights.startswith(("/", ".", "~")) or Path(weights).exists()
+
+
 def missing_weights_reason(spec: ModelSpec) -> str:
     weights = spec.weights or ""
-    if Path(weights).is_absolute() or weights.startswith("."):
+    if _is_local(weights):
         where = f"the folder {weights} does not hold a diffusers pipeline (model_index.json)"
         fix = "point `weights` in the models file at a folder written by `save_pretrained`"
     else:
@@ -52,21 +56,39 @@ class DiffusersEngine:
                 FailureCode.GENERATION_FAILED,
                 f"Model '{spec.name}': {spec.pipeline!r} is not a diffusers pipeline class",
             )
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()  # no tqdm bars in a server's log
+        transformers.utils.logging.disable_progress_bar()
         self.device = _device(spec.device, torch)
         dtype = _dtype(spec.dtype, self.device, torch)
+        weights = spec.weights or ""
+        if _is_local(weights) and not (Path(weights).expanduser() / "model_index.json").is_file():
+            raise JobFailure(FailureCode.GENERATION_FAILED, missing_weights_reason(spec))
         try:
             self.pipe = pipeline_class.from_pretrained(
-                spec.weights, revision=spec.revision, torch_dtype=dtype, local_files_only=not allow_downloads
+                str(Path(weights).expanduser()) if _is_local(weights) else weights,
+                revision=spec.revision,
+                dtype=dtype,
+                local_files_only=not allow_downloads,
             )
-        except Exception as exc:  # diffusers/huggingface_hub raise OSError, ValueError and their own types
+        except OSError as exc:  # what diffusers and huggingface_hub raise for files that are not there
             log.warning("loading %s failed: %s", spec.name, exc)
             raise JobFailure(FailureCode.GENERATION_FAILED, missing_weights_reason(spec)) from exc
+        except Exception as exc:
+            log.exception("loading %s failed", spec.name)
+            raise JobFailure(
+                FailureCode.GENERATION_FAILED,
+                f"Model '{spec.name}' could not be loaded from {spec.weights}: {exc}",
+            ) from exc
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         parameters = inspect.signature(self.pipe.__call__).parameters
         self._has_callback = "callback_on_step_end" in parameters
         self._torch = torch
-        log.info("loaded %s: %s from %s on %s (%s)", spec.name, spec.pipeline, spec.weights, self.device, dtype)
+        log.info(
+            "loaded %s: %s from %s on %s (%s)", spec.name, spec.pipeline, spec.weights, self.device, dtype
+        )
 
     def generate(self, job: EngineJob, on_step: StepHook) -> Image.Image:
         if job.type != GenerationType.IMAGE:

@@ -1,0 +1,259 @@
+"""API throughput and dispatch latency, as ratios to a bare FastAPI endpoint measured in the same run.
+
+Command (wrk from Debian's package `wrk`):
+
+    .venv/bin/python bench/api_bench.py [--duration 10] [--connections 16]
+
+One uvicorn process serves daguerre's app plus a bare `async def` JSON endpoint (`/bench/bare`), so
+both go through the same server, event loop and middleware-free path for the baseline. wrk drives:
+
+* `GET /bench/bare`                      the baseline
+* `GET /v1/generations/{id}`             a completed generation: auth, one row, a fresh presigned URL
+* `POST /v1/generations`                 validation, one INSERT in SQLite (no worker running)
+
+Dispatch latency: a second server with one idle in-process worker; sequential creates, each
+measured from `created_at` to `started_at` in the database.
+
+Targets (issue 2): GET >= 60 % and POST >= 40 % of the bare endpoint's req/s; dispatch p50 <= 20 ms.
+Figures are appended to bench/RESULTS.md with the date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+BENCH_DIR = Path(__file__).parent
+ROOT = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "RESULTS.md"
+
+SERVER = """
+import sys
+from fastapi import FastAPI
+import uvicorn
+from daguerre.api import create_app
+from daguerre.blobs import open_blob_store
+from daguerre.settings import Settings
+from daguerre.store import open_store
+from daguerre.worker import WorkerPool
+
+settings = Settings(data_dir=sys.argv[1], models_file=sys.argv[2], workers=int(sys.argv[4]), log_level="warning")
+store = open_store(settings.resolved_database_url)
+blobs = open_blob_store(settings)
+app = create_app(settings, store, blobs)
+
+@app.get("/bench/bare")
+async def bare() -> dict[str, str]:
+    return {"status": "ok"}
+
+pool = WorkerPool(settings, store, blobs, settings.workers)
+pool.start()
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning", access_log=False)
+pool.stop()
+"""
+
+MODELS = """
+[models."uni-1"]
+engine = "python"
+entrypoint = "engines:InstantEngine"
+[models."uni-1-max"]
+engine = "python"
+entrypoint = "engines:InstantEngine"
+"""
+
+POST_LUA = """
+wrk.method = "POST"
+wrk.body = '{"prompt": "a red circle above a blue square", "aspect_ratio": "16:9"}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(data_dir: Path, models: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(BENCH_DIR)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(data_dir), str(models), str(port), str(workers)], env=env
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(base + "/healthz").status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def make_key(data_dir: Path) -> str:
+    from daguerre.settings import Settings
+    from daguerre.store import open_store
+
+    store = open_store(Settings(data_dir=data_dir).resolved_database_url)
+    account = store.accounts.create("bench")
+    _, token = store.accounts.create_key(account.id)
+    store.close()
+    return token
+
+
+def wrk(url: str, key: str | None, duration: int, connections: int, script: Path | None = None) -> dict[str, float]:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if key:
+        command += ["-H", f"Authorization: Bearer {key}"]
+    if script:
+        command += ["-s", str(script)]
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    if non_2xx:
+        raise RuntimeError(f"{url}: {non_2xx.group(1)} error responses\n{output}")
+
+    def percentile(name: str) -> float:
+        value, unit = re.search(rf"{name}%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return {"rps": rps, "p50_ms": percentile("50"), "p99_ms": percentile("99")}
+
+
+def dispatch_latency(base: str, key: str, data_dir: Path, count: int) -> dict[str, float]:
+    from daguerre.settings import Settings
+    from daguerre.store import open_store
+
+    store = open_store(Settings(data_dir=data_dir).resolved_database_url, migrate=False)
+    headers = {"Authorization": f"Bearer {key}"}
+    delays = []
+    with httpx.Client(base_url=base, headers=headers) as client:
+        for _ in range(count):
+            generation_id = client.post("/v1/generations", json={"prompt": "dispatch"}).json()["id"]
+            while (record := store.generations.get(generation_id)).state.value != "completed":
+                time.sleep(0.005)
+            assert record.started_at is not None
+            delays.append((record.started_at - record.created_at).total_seconds() * 1000)
+            time.sleep(0.05)  # let the worker go idle again
+    store.close()
+    delays.sort()
+    return {
+        "p50_ms": statistics.median(delays),
+        "p99_ms": delays[min(len(delays) - 1, round(0.99 * (len(delays) - 1)))],
+        "max_ms": delays[-1],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--dispatch-count", type=int, default=100)
+    parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    work = Path(tempfile.mkdtemp(prefix="daguerre-bench-"))
+    models = work / "models.toml"
+    models.write_text(MODELS)
+
+    # Throughput: no worker, so the engine takes no CPU from the server.
+    api_dir = work / "api"
+    key = make_key(api_dir)
+    server, base = start(api_dir, models, workers=0)
+    try:
+        generation_id = httpx.post(
+            base + "/v1/generations", json={"prompt": "x"}, headers={"Authorization": f"Bearer {key}"}
+        ).json()["id"]
+        # Complete it with a worker run in this process, so the GET mints a presigned URL.
+        from daguerre.blobs import open_blob_store
+        from daguerre.engine import ModelRegistry, load_models_file
+        from daguerre.settings import Settings
+        from daguerre.store import open_store
+        from daguerre.worker import Worker
+
+        sys.path.insert(0, str(BENCH_DIR))
+        settings = Settings(data_dir=api_dir, models_file=models)
+        store = open_store(settings.resolved_database_url, migrate=False)
+        Worker(settings, store, open_blob_store(settings), ModelRegistry(load_models_file(models)), "bench").run_once()
+        store.close()
+
+        post_script = work / "post.lua"
+        post_script.write_text(POST_LUA)
+        wrk(base + "/bench/bare", None, 2, args.connections)  # warm-up
+        bare = wrk(base + "/bench/bare", None, args.duration, args.connections)
+        get = wrk(f"{base}/v1/generations/{generation_id}", key, args.duration, args.connections)
+        post = wrk(base + "/v1/generations", key, args.duration, args.connections, post_script)
+    finally:
+        server.terminate()
+        server.wait()
+
+    dispatch_dir = work / "dispatch"
+    dispatch_key = make_key(dispatch_dir)
+    server, base = start(dispatch_dir, models, workers=1)
+    try:
+        dispatch = dispatch_latency(base, dispatch_key, dispatch_dir, args.dispatch_count)
+    finally:
+        server.terminate()
+        server.wait()
+    shutil.rmtree(work, ignore_errors=True)
+
+    figures = {
+        "bare": bare,
+        "get": get,
+        "post": post,
+        "get_ratio": get["rps"] / bare["rps"],
+        "post_ratio": post["rps"] / bare["rps"],
+        "dispatch": dispatch,
+    }
+    print(json.dumps(figures, indent=2))
+    if not args.no_write:
+        write_results(figures, args)
+
+
+def write_results(f: dict, args: argparse.Namespace) -> None:
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.node()}"
+    lines = [
+        f"### API throughput and dispatch — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Machine: {machine}. Command: `python bench/api_bench.py --duration {args.duration} "
+        f"--connections {args.connections}` (wrk, 1 thread, {args.connections} connections, one uvicorn process, "
+        "SQLite).",
+        "",
+        "| endpoint | req/s | p50 ms | p99 ms | ratio to bare | target |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| bare FastAPI `async def` JSON | {f['bare']['rps']:.0f} | {f['bare']['p50_ms']:.2f} | "
+        f"{f['bare']['p99_ms']:.2f} | 1.00 | |",
+        f"| `GET /v1/generations/{{id}}` (completed, fresh URL) | {f['get']['rps']:.0f} | {f['get']['p50_ms']:.2f} | "
+        f"{f['get']['p99_ms']:.2f} | {f['get_ratio']:.2f} | ≥ 0.60 {'✅' if f['get_ratio'] >= 0.6 else '❌'} |",
+        f"| `POST /v1/generations` | {f['post']['rps']:.0f} | {f['post']['p50_ms']:.2f} | {f['post']['p99_ms']:.2f} | "
+        f"{f['post_ratio']:.2f} | ≥ 0.40 {'✅' if f['post_ratio'] >= 0.4 else '❌'} |",
+        "",
+        f"Dispatch latency (created → processing, idle in-process worker, {args.dispatch_count} sequential jobs): "
+        f"p50 {f['dispatch']['p50_ms']:.1f} ms, p99 {f['dispatch']['p99_ms']:.1f} ms, max {f['dispatch']['max_ms']:.1f} ms "
+        f"(target p50 ≤ 20 ms {'✅' if f['dispatch']['p50_ms'] <= 20 else '❌'}).",
+        "",
+    ]
+    header = "# Benchmark results\n\nEach benchmark appends its figures here with the date and machine.\n\n"
+    existing = RESULTS.read_text() if RESULTS.exists() else header
+    RESULTS.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

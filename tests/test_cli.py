@@ -1,0 +1,119 @@
+"""The `daguerre` command line: help everywhere, first run, keys, settings sources."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from daguerre.cli import app
+from daguerre.settings import Settings
+from support.helpers import scripted_models, start_server, subprocess_env
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["serve"],
+        ["worker"],
+        ["migrate"],
+        ["keys"],
+        ["keys", "create"],
+        ["keys", "list"],
+        ["keys", "revoke"],
+    ],
+)
+def test_help_everywhere(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output
+
+
+def test_first_serve_creates_an_account_and_a_private_key_file(tmp_path):
+    models = scripted_models(tmp_path / "models.toml")
+    server = start_server(tmp_path / "data", models, workers=1)
+    try:
+        key_file = tmp_path / "data" / "api-key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert server.key in server.log()
+        response = httpx.post(
+            server.api_url + "/generations",
+            json={"prompt": "x"},
+            headers={"Authorization": f"Bearer {server.key}"},
+        )
+        assert response.status_code == 201
+    finally:
+        server.stop()
+    again = start_server(tmp_path / "data", models, workers=0)  # not a first run any more
+    try:
+        assert "created account" not in again.log()
+        assert server.key not in again.log()  # shown on the first start only
+        assert again.key == server.key
+    finally:
+        again.stop()
+
+
+def test_keys_create_list_revoke(tmp_path):
+    data = ["--data-dir", str(tmp_path)]
+    created = runner.invoke(app, ["keys", "create", "--account", "studio", "--name", "ci", *data])
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip().splitlines()[-1]
+    assert token.startswith("luma-api-")
+
+    listed = runner.invoke(app, ["keys", "list", *data])
+    assert listed.exit_code == 0
+    assert "studio" in listed.stdout and "active" in listed.stdout and token not in listed.stdout
+    key_id = next(line.split()[0] for line in listed.stdout.splitlines() if "studio" in line)
+
+    revoked = runner.invoke(app, ["keys", "revoke", key_id, *data])
+    assert revoked.exit_code == 0
+    assert "revoked" in runner.invoke(app, ["keys", "list", "--account", "studio", *data]).stdout
+    assert runner.invoke(app, ["keys", "revoke", "no-such-key", *data]).exit_code == 1
+
+
+def test_keys_create_with_expiry(tmp_path):
+    result = runner.invoke(
+        app, ["keys", "create", "--expires-in-days", "0.00001", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0
+    import time
+
+    time.sleep(1.5)
+    assert "expired" in runner.invoke(app, ["keys", "list", "--data-dir", str(tmp_path)]).stdout
+
+
+def test_settings_come_from_cli_env_and_config_file(tmp_path, monkeypatch):
+    config = tmp_path / "daguerre.toml"
+    config.write_text("port = 9001\nworkers = 3\nlease_s = 12.5\n")
+    assert Settings.load(data_dir=tmp_path).port == 9001  # <data_dir>/daguerre.toml is found
+    monkeypatch.setenv("DAGUERRE_PORT", "9002")
+    loaded = Settings.load(data_dir=tmp_path)
+    assert (loaded.port, loaded.workers, loaded.lease_s) == (9002, 3, 12.5)  # env beats the file
+    assert Settings.load(data_dir=tmp_path, port=9003).port == 9003  # the CLI beats both
+    other = tmp_path / "other.toml"
+    other.write_text("workers = 5\n")
+    assert Settings.load(other, data_dir=tmp_path).workers == 5
+
+
+def test_bad_settings_are_explained(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("wokers = 3\n")
+    result = runner.invoke(app, ["migrate", "--config", str(config), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "wokers" in result.output
+
+
+def test_import_daguerre_stays_light():
+    heavy = "('fastapi', 'sqlalchemy', 'torch', 'diffusers', 'PIL')"
+    code = f"import sys, daguerre, daguerre.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), check=True
+    )
+    assert result.stdout.strip() == "[]"
