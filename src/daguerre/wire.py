@@ -8,7 +8,7 @@ strings, and `daguerre.api` turns stored records into `Generation` objects.
 
 from __future__ import annotations
 
-import uuid
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
@@ -281,12 +281,12 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def parse_uuid(value: str) -> str | None:
     """The canonical (lower-case, hyphenated) form of a UUID id, or None for anything else."""
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
+    return value.lower() if _UUID.fullmatch(value) else None
 
 
 def format_timestamp(moment: datetime) -> str:

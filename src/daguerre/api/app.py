@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from daguerre import __version__
 from daguerre.api import blobs as blob_routes
 from daguerre.api import generations
+from daguerre.api.deps import Services
 from daguerre.api.middleware import BodySizeLimitMiddleware, HeadersMiddleware
 from daguerre.blobs import BlobStore, LocalBlobStore
 from daguerre.errors import ApiError
@@ -45,9 +46,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.state.settings = settings
-    app.state.store = store
-    app.state.blobs = blobs
+    app.state.services = Services(settings=settings, store=store, blobs=blobs)
 
     app.include_router(generations.router)
     if isinstance(blobs, LocalBlobStore):

@@ -12,6 +12,7 @@ from xml.sax.saxutils import escape
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
+from daguerre.api.deps import services
 from daguerre.blobs.local import ROUTE_PREFIX, LocalBlobStore, UnsafeKey
 from daguerre.blobs.sigv4 import SignatureError, verify
 
@@ -29,7 +30,8 @@ def s3_error(status: int, code: str, message: str, resource: str, request_id: st
 
 @router.api_route("/{bucket}/{key:path}", methods=["GET", "HEAD"])
 def get_blob(bucket: str, key: str, request: Request) -> Response:
-    blobs: LocalBlobStore = request.app.state.blobs
+    blobs = services(request).blobs
+    assert isinstance(blobs, LocalBlobStore)
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     resource = raw_path.decode("latin-1")
     request_id = request.scope.get("state", {}).get("request_id", "")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
-from daguerre.api.deps import BlobsDep, CallerDep, JsonBody, SettingsDep, StoreDep, read
+from daguerre.api.deps import CallerDep, JsonBody, read, services
 from daguerre.api.ingest import ingest_inputs
 from daguerre.blobs import BlobStore
 from daguerre.errors import ApiError
@@ -52,9 +52,11 @@ def to_wire(record: GenerationRecord, blobs: BlobStore, base_url: str | None) ->
     output: list[Output] = []
     if record.state == State.COMPLETED:
         output = [
-            Output(url=blobs.presign_get(key, OUTPUT_URL_TTL_S, base_url)) for key in record.output_keys
+            Output.model_construct(url=blobs.presign_get(key, OUTPUT_URL_TTL_S, base_url))
+            for key in record.output_keys
         ]
-    return Generation(
+    # model_construct: every value comes typed from the store, so validating again only costs time.
+    return Generation.model_construct(
         id=record.id,
         type=record.type,
         state=record.state,
@@ -67,7 +69,22 @@ def to_wire(record: GenerationRecord, blobs: BlobStore, base_url: str | None) ->
 
 
 def base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    """Where the client reached this server (`scheme://host[:port]` plus any root path)."""
+    scope = request.scope
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    if host is None:
+        return str(request.base_url).rstrip("/")
+    return f"{scope['scheme']}://{host.decode('latin-1')}{scope.get('root_path', '')}"
+
+
+class GenerationResponse(Response):
+    """JSON of a Generation, serialised once by pydantic (FastAPI would validate it again first)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        assert isinstance(content, Generation)
+        return content.model_dump_json().encode()
 
 
 @router.post(
@@ -83,15 +100,9 @@ def base_url(request: Request) -> str:
         }
     },
 )
-def create_generation(
-    request: Request,
-    caller: CallerDep,
-    body: JsonBody,
-    store: StoreDep,
-    blobs: BlobsDep,
-    settings: SettingsDep,
-) -> Generation:
+def create_generation(request: Request, caller: CallerDep, body: JsonBody) -> GenerationResponse:
     """Validate the request, store its input images and queue it; answers with state `queued`."""
+    settings, store, blobs = services(request).settings, services(request).store, services(request).blobs
     create = parse_generation_create(body)
     generation_id = str(uuid.uuid4())
     input_keys = ingest_inputs(create, generation_id, caller.account_id, store, blobs)
@@ -108,7 +119,7 @@ def create_generation(
             max_attempts=settings.max_attempts,
         )
     )
-    return to_wire(record, blobs, base_url(request))
+    return GenerationResponse(to_wire(record, blobs, base_url(request)), status_code=201)
 
 
 @router.get(
@@ -117,15 +128,14 @@ def create_generation(
     responses={401: _ERRORS[401], 404: {"model": ErrorBody, "description": "Generation not found"}},
     summary="Get a generation",
 )
-async def get_generation(
-    generation_id: str, request: Request, caller: CallerDep, store: StoreDep, blobs: BlobsDep
-) -> Generation:
+async def get_generation(generation_id: str, request: Request, caller: CallerDep) -> GenerationResponse:
     """The generation's state; completed ones carry presigned output URLs valid for one hour."""
+    store, blobs = services(request).store, services(request).blobs
     canonical_id = parse_uuid(generation_id)
     record = await read(store, store.generations.get, canonical_id, caller.account_id) if canonical_id else None
     if record is None:
         raise ApiError(404, Detail.GENERATION_NOT_FOUND)
-    return to_wire(record, blobs, base_url(request))
+    return GenerationResponse(to_wire(record, blobs, base_url(request)))
 
 
 __all__ = ["GenerationCreate", "router", "to_wire"]

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from urllib.parse import quote, unquote, urlsplit
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -42,35 +43,43 @@ def _uri_encode(value: str) -> str:
     return quote(value, safe="-_.~")
 
 
-def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.new(key, message.encode("utf-8"), hashlib.sha256).digest()
+@lru_cache(maxsize=32)
+def _signing_key(secret_key: str, scope: str) -> bytes:
+    """HMAC chain "AWS4"+secret -> date -> region -> service -> "aws4_request" (one per day)."""
+    key = ("AWS4" + secret_key).encode("utf-8")
+    for part in scope.split("/"):
+        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
+    return key
 
 
 def _signature(
     method: str,
     raw_path: str,
-    query: list[tuple[str, str]],
-    headers: dict[str, str],
+    canonical_query: str,
+    canonical_headers: str,
     signed_headers: str,
     amz_date: str,
     scope: str,
     secret_key: str,
 ) -> str:
     """The hex SigV4 signature of a request whose payload is UNSIGNED-PAYLOAD (as in presigned URLs)."""
-    canonical_headers = "".join(
-        f"{name}:{' '.join(headers.get(name, '').split())}\n" for name in signed_headers.split(";")
-    )
-    canonical_query = "&".join(f"{k}={v}" for k, v in sorted((_uri_encode(k), _uri_encode(v)) for k, v in query))
     canonical_request = "\n".join(
         (method, raw_path, canonical_query, canonical_headers, signed_headers, "UNSIGNED-PAYLOAD")
     )
     string_to_sign = "\n".join(
         (ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode("utf-8")).hexdigest())
     )
-    key = ("AWS4" + secret_key).encode("utf-8")
-    for part in scope.split("/"):
-        key = _hmac(key, part)
-    return hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(_signing_key(secret_key, scope), string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+@lru_cache(maxsize=64)
+def _endpoint(endpoint: str) -> tuple[str, str, str]:
+    """(scheme://netloc, the Host value clients send, base path) of an endpoint URL."""
+    parts = urlsplit(endpoint)
+    host = parts.netloc
+    if (parts.scheme, parts.port) in (("http", 80), ("https", 443)):
+        host = parts.hostname or host  # clients send no default port in Host
+    return f"{parts.scheme}://{parts.netloc}", host, parts.path.rstrip("/")
 
 
 def presign(
@@ -91,28 +100,25 @@ def presign(
     """
     if not 1 <= ttl_s <= MAX_EXPIRES_S:
         raise ValueError(f"ttl_s must be between 1 and {MAX_EXPIRES_S}")
-    parts = urlsplit(endpoint)
-    host = parts.netloc
-    if (parts.scheme, parts.port) in (("http", 80), ("https", 443)):
-        host = parts.hostname or host  # clients send no default port in Host
-    path = f"{parts.path.rstrip('/')}/{quote(bucket, safe='')}/{quote(key, safe='/~')}"
+    origin, host, base_path = _endpoint(endpoint)
+    path = f"{base_path}/{quote(bucket, safe='')}/{quote(key, safe='/~')}"
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     amz_date = moment.strftime("%Y%m%dT%H%M%SZ")
-    scope = f"{moment:%Y%m%d}/{REGION}/{SERVICE}/aws4_request"
-    headers = {"host": host}
-    if content_type is not None:
-        headers["content-type"] = content_type
-    signed_headers = ";".join(sorted(headers))
-    query = [
-        ("X-Amz-Algorithm", ALGORITHM),
-        ("X-Amz-Credential", f"{credentials.access_key}/{scope}"),
-        ("X-Amz-Date", amz_date),
-        ("X-Amz-Expires", str(ttl_s)),
-        ("X-Amz-SignedHeaders", signed_headers),
-    ]
-    signature = _signature(method, path, query, headers, signed_headers, amz_date, scope, credentials.secret_key)
-    encoded = "&".join(f"{k}={_uri_encode(v)}" for k, v in query)
-    return f"{parts.scheme}://{parts.netloc}{path}?{encoded}&X-Amz-Signature={signature}"
+    scope = f"{amz_date[:8]}/{REGION}/{SERVICE}/aws4_request"
+    if content_type is None:
+        signed_headers, canonical_headers = "host", f"host:{host}\n"
+    else:
+        signed_headers = "content-type;host"
+        canonical_headers = f"content-type:{' '.join(content_type.split())}\nhost:{host}\n"
+    # The five parameters in the order SigV4 sorts them, so this is already the canonical query.
+    query = (
+        f"X-Amz-Algorithm={ALGORITHM}&X-Amz-Credential={_uri_encode(credentials.access_key + '/' + scope)}"
+        f"&X-Amz-Date={amz_date}&X-Amz-Expires={ttl_s}&X-Amz-SignedHeaders={_uri_encode(signed_headers)}"
+    )
+    signature = _signature(
+        method, path, query, canonical_headers, signed_headers, amz_date, scope, credentials.secret_key
+    )
+    return f"{origin}{path}?{query}&X-Amz-Signature={signature}"
 
 
 def _parse_query(raw_query: str) -> list[tuple[str, str]]:
@@ -171,9 +177,17 @@ def verify(
     if not 1 <= expires_s <= MAX_EXPIRES_S:
         raise SignatureError("AccessDenied", "X-Amz-Expires must be between 1 and 604800 seconds")
 
+    signed_headers = params["X-Amz-SignedHeaders"]
+    canonical_headers = "".join(
+        f"{name}:{' '.join(headers.get(name, '').split())}\n" for name in signed_headers.split(";")
+    )
+    canonical_query = "&".join(
+        f"{k}={v}"
+        for k, v in sorted((_uri_encode(k), _uri_encode(v)) for k, v in pairs if k != "X-Amz-Signature")
+    )
     expected = _signature(
-        method, raw_path, [(k, v) for k, v in pairs if k != "X-Amz-Signature"], headers,
-        params["X-Amz-SignedHeaders"], params["X-Amz-Date"], scope, credentials.secret_key,
+        method, raw_path, canonical_query, canonical_headers, signed_headers, params["X-Amz-Date"], scope,
+        credentials.secret_key,
     )
     if not hmac.compare_digest(expected, params["X-Amz-Signature"]):
         raise SignatureError(

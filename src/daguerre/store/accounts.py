@@ -211,17 +211,16 @@ class AccountStore:
         return match
 
     def _lookup_key(self, key_hash: str) -> KeyMatch | None:
-        with self._db.read() as conn:
-            row = conn.execute(_FIND_KEY, {"key_hash": key_hash}).first()
+        row = self._db.fetch_one(_FIND_KEY, {"key_hash": key_hash})
         if row is None:
             return None
         return KeyMatch(
-            key_id=row.id,
-            key_hash=row.key_hash,
-            account_id=row.account_id,
-            account_status=AccountStatus(row.status),
-            expires_at=row.expires_at,
-            revoked_at=row.revoked_at,
+            key_id=row["id"],
+            key_hash=row["key_hash"],
+            account_id=row["account_id"],
+            account_status=AccountStatus(row["status"]),
+            expires_at=row["expires_at"],
+            revoked_at=row["revoked_at"],
         )
 
 

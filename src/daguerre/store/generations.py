@@ -29,7 +29,7 @@ class GenerationRecord:
     model: str
     type: GenerationType
     state: State
-    request_json: dict[str, Any]
+    request_text: str
     aspect_ratio: str | None
     output_format: str
     user_id: str | None
@@ -49,7 +49,7 @@ class GenerationRecord:
     @cached_property
     def request(self) -> GenerationCreate:
         """The stored request, validated again on read (parsed only when someone needs it)."""
-        return GenerationCreate.model_validate(self.request_json)
+        return GenerationCreate.model_validate_json(self.request_text)
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,8 @@ class GenerationStore:
             "type": new.request.type.value,
             "state": State.QUEUED.value,
             # Input bytes live in blobs (input_keys), never in the row: base64 `data` is left out.
-            "request": new.request.model_dump(
-                mode="json", exclude_none=True, exclude={"source": {"data"}, "image_ref": {"__all__": {"data"}}}
+            "request": new.request.model_dump_json(
+                exclude_none=True, exclude={"source": {"data"}, "image_ref": {"__all__": {"data"}}}
             ),
             "aspect_ratio": new.aspect_ratio,
             "output_format": new.request.output_format or "png",
@@ -116,8 +116,7 @@ class GenerationStore:
             if account_id is None
             else (_GET_OWNED, {"generation_id": generation_id, "account_id": account_id})
         )
-        with self._db.read() as conn:
-            row = conn.execute(query, params).mappings().first()
+        row = self._db.fetch_one(query, params)
         return None if row is None else _record(row)
 
     def count_active(self, account_id: str) -> int:
@@ -295,7 +294,7 @@ def _record(row: Any) -> GenerationRecord:
         model=row["model"],
         type=GenerationType(row["type"]),
         state=State(row["state"]),
-        request_json=row["request"],
+        request_text=row["request"],
         aspect_ratio=row["aspect_ratio"],
         output_format=row["output_format"],
         user_id=row["user_id"],

@@ -42,6 +42,17 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC)
 
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        # SQLite keeps SQLAlchemy's fixed 'YYYY-MM-DD HH:MM:SS.ffffff' text; the C parser reads it
+        # several times faster than the generic regular-expression one (this is on every poll).
+        def process(value: str | None) -> datetime | None:
+            return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+        return process
+
 
 ID = sa.String(36)
 
@@ -76,7 +87,7 @@ generations = sa.Table(
     sa.Column("model", sa.String(32), nullable=False),
     sa.Column("type", sa.String(16), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("request", sa.JSON(), nullable=False),
+    sa.Column("request", sa.Text(), nullable=False),  # JSON text, parsed only when a worker needs it
     sa.Column("aspect_ratio", sa.String(8), nullable=True),
     sa.Column("output_format", sa.String(8), nullable=False),
     sa.Column("user_id", sa.String(256), nullable=True),

@@ -58,7 +58,7 @@ def upgrade() -> None:
         sa.Column("model", sa.String(length=32), nullable=False),
         sa.Column("type", sa.String(length=16), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column("request", sa.JSON(), nullable=False),
+        sa.Column("request", sa.Text(), nullable=False),
         sa.Column("aspect_ratio", sa.String(length=8), nullable=True),
         sa.Column("output_format", sa.String(length=8), nullable=False),
         sa.Column("user_id", sa.String(length=256), nullable=True),
