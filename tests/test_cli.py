@@ -117,3 +117,33 @@ def test_import_daguerre_stays_light():
         [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_key_revoked_from_the_cli_stops_working_on_a_running_server(tmp_path):
+    import time
+
+    server = start_server(tmp_path / "data", scripted_models(tmp_path / "models.toml"), workers=0)
+    try:
+        created = runner.invoke(
+            app, ["keys", "create", "--account", "ops", "--data-dir", str(tmp_path / "data")]
+        )
+        token = created.stdout.strip().splitlines()[-1]
+        headers = {"Authorization": f"Bearer {token}"}
+        url = server.api_url + "/generations"
+        assert httpx.post(url, json={"prompt": "x"}, headers=headers).status_code == 201
+        key_id = next(
+            line.split()[0]
+            for line in runner.invoke(
+                app, ["keys", "list", "--data-dir", str(tmp_path / "data")]
+            ).stdout.splitlines()
+            if " ops " in line
+        )
+        assert (
+            runner.invoke(app, ["keys", "revoke", key_id, "--data-dir", str(tmp_path / "data")]).exit_code
+            == 0
+        )
+        time.sleep(2.5)  # the server trusted the key for key_cache_s (2 s)
+        response = httpx.post(url, json={"prompt": "x"}, headers=headers)
+        assert (response.status_code, response.json()) == (401, {"detail": "API key has been revoked"})
+    finally:
+        server.stop()

@@ -171,9 +171,15 @@ def test_urls_are_never_stored(client, auth, worker, store):
 
 @pytest.mark.parametrize(
     ("method", "key", "content_type"),
-    [("GET", "outputs/abc/0.png", None), ("GET", "inputs/a b+ü=1.png", None), ("PUT", "uploads/x/0", "image/png")],
+    [
+        ("GET", "outputs/abc/0.png", None),
+        ("GET", "inputs/a b+ü=1.png", None),
+        ("PUT", "uploads/x/0", "image/png"),
+    ],
 )
-@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:8000/blobs", "https://cdn.example.com", "http://h:80"])
+@pytest.mark.parametrize(
+    "endpoint", ["http://127.0.0.1:8000/blobs", "https://cdn.example.com", "http://h:80"]
+)
 def test_urls_are_byte_for_byte_what_boto3_generates(monkeypatch, method, key, content_type, endpoint):
     import boto3
     import botocore.auth
@@ -184,13 +190,25 @@ def test_urls_are_byte_for_byte_what_boto3_generates(monkeypatch, method, key, c
     frozen = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *a, **k: frozen.replace(tzinfo=None))
     client = boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="AK", aws_secret_access_key="SK",
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AK",
+        aws_secret_access_key="SK",
         config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
     )
     params = {"Bucket": "daguerre", "Key": key, **({"ContentType": content_type} if content_type else {})}
     expected = client.generate_presigned_url(
         "get_object" if method == "GET" else "put_object", Params=params, ExpiresIn=3600
     )
-    ours = presign(method=method, endpoint=endpoint, bucket="daguerre", key=key, ttl_s=3600,
-                   credentials=Credentials("AK", "SK"), content_type=content_type, now=frozen)
+    ours = presign(
+        method=method,
+        endpoint=endpoint,
+        bucket="daguerre",
+        key=key,
+        ttl_s=3600,
+        credentials=Credentials("AK", "SK"),
+        content_type=content_type,
+        now=frozen,
+    )
     assert ours == expected

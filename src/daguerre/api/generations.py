@@ -7,10 +7,12 @@ committed the handler must not answer 5xx: the SDK would retry and create a dupl
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from daguerre.api.deps import CallerDep, JsonBody, read, services
 from daguerre.api.ingest import ingest_inputs
@@ -100,16 +102,23 @@ class GenerationResponse(Response):
         }
     },
 )
-def create_generation(request: Request, caller: CallerDep, body: JsonBody) -> GenerationResponse:
-    """Validate the request, store its input images and queue it; answers with state `queued`."""
+async def create_generation(request: Request, caller: CallerDep, body: JsonBody) -> GenerationResponse:
+    """Validate the request, store its input images and queue it; answers with state `queued`.
+
+    Everything here is CPU-light except input images (decoded and stored in the thread pool) and
+    the insert, which is handed to the store's group committer and awaited without a thread."""
     settings, store, blobs = services(request).settings, services(request).store, services(request).blobs
     create = parse_generation_create(body)
     generation_id = str(uuid.uuid4())
-    input_keys = ingest_inputs(create, generation_id, caller.account_id, store, blobs)
+    input_keys: tuple[str, ...] = ()
+    if create.source is not None or create.image_ref:
+        input_keys = await run_in_threadpool(
+            ingest_inputs, create, generation_id, caller.account_id, store, blobs
+        )
     aspect_ratio = None
     if create.type == GenerationType.IMAGE:
         aspect_ratio = create.aspect_ratio or pick_aspect_ratio(create.prompt, create.style)
-    record = store.generations.create(
+    created = store.generations.submit_create(
         NewGeneration(
             id=generation_id,
             account_id=caller.account_id,
@@ -119,6 +128,7 @@ def create_generation(request: Request, caller: CallerDep, body: JsonBody) -> Ge
             max_attempts=settings.max_attempts,
         )
     )
+    record = await asyncio.wrap_future(created)
     return GenerationResponse(to_wire(record, blobs, base_url(request)), status_code=201)
 
 
@@ -132,7 +142,9 @@ async def get_generation(generation_id: str, request: Request, caller: CallerDep
     """The generation's state; completed ones carry presigned output URLs valid for one hour."""
     store, blobs = services(request).store, services(request).blobs
     canonical_id = parse_uuid(generation_id)
-    record = await read(store, store.generations.get, canonical_id, caller.account_id) if canonical_id else None
+    record = (
+        await read(store, store.generations.get, canonical_id, caller.account_id) if canonical_id else None
+    )
     if record is None:
         raise ApiError(404, Detail.GENERATION_NOT_FOUND)
     return GenerationResponse(to_wire(record, blobs, base_url(request)))

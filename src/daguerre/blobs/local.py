@@ -75,14 +75,23 @@ class LocalBlobStore:
 
     def presign_get(self, key: str, ttl_s: int, base_url: str | None = None) -> str:
         return presign(
-            method="GET", endpoint=self._endpoint(base_url), bucket=self.bucket, key=key, ttl_s=ttl_s,
+            method="GET",
+            endpoint=self._endpoint(base_url),
+            bucket=self.bucket,
+            key=key,
+            ttl_s=ttl_s,
             credentials=self.credentials,
         )
 
     def presign_put(self, key: str, ttl_s: int, content_type: str, base_url: str | None = None) -> str:
         return presign(
-            method="PUT", endpoint=self._endpoint(base_url), bucket=self.bucket, key=key, ttl_s=ttl_s,
-            credentials=self.credentials, content_type=content_type,
+            method="PUT",
+            endpoint=self._endpoint(base_url),
+            bucket=self.bucket,
+            key=key,
+            ttl_s=ttl_s,
+            credentials=self.credentials,
+            content_type=content_type,
         )
 
     @staticmethod

@@ -69,7 +69,9 @@ def _signature(
     string_to_sign = "\n".join(
         (ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode("utf-8")).hexdigest())
     )
-    return hmac.new(_signing_key(secret_key, scope), string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(
+        _signing_key(secret_key, scope), string_to_sign.encode("utf-8"), hashlib.sha256
+    ).hexdigest()
 
 
 @lru_cache(maxsize=64)
@@ -186,7 +188,13 @@ def verify(
         for k, v in sorted((_uri_encode(k), _uri_encode(v)) for k, v in pairs if k != "X-Amz-Signature")
     )
     expected = _signature(
-        method, raw_path, canonical_query, canonical_headers, signed_headers, params["X-Amz-Date"], scope,
+        method,
+        raw_path,
+        canonical_query,
+        canonical_headers,
+        signed_headers,
+        params["X-Amz-Date"],
+        scope,
         credentials.secret_key,
     )
     if not hmac.compare_digest(expected, params["X-Amz-Signature"]):

@@ -9,12 +9,14 @@ zero rows means someone else decided, and the worker drops its result.
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from daguerre.store.clock import utcnow
 from daguerre.store.db import Database
@@ -74,6 +76,7 @@ _STATES_ACTIVE = (State.QUEUED.value, State.PROCESSING.value)
 
 # Hot-path statements are built once: constructing and cache-keying a select costs more than
 # running it on SQLite.
+_INSERT = g.insert()
 _GET = sa.select(g).where(g.c.id == sa.bindparam("generation_id"))
 _GET_OWNED = _GET.where(g.c.account_id == sa.bindparam("account_id"))
 
@@ -85,6 +88,10 @@ class GenerationStore:
     # API side --------------------------------------------------------------------------------
 
     def create(self, new: NewGeneration) -> GenerationRecord:
+        return self.submit_create(new).result()
+
+    def submit_create(self, new: NewGeneration) -> Future[GenerationRecord]:
+        """Insert the generation through the group committer; the future resolves after commit."""
         values: dict[str, Any] = {
             "id": new.id,
             "account_id": new.account_id,
@@ -105,9 +112,12 @@ class GenerationStore:
             "priority": 0,
             "created_at": utcnow(),
         }
-        with self._db.write() as conn:
-            conn.execute(g.insert().values(**values))
-        return _record(values)
+
+        def insert(conn: Connection) -> GenerationRecord:
+            conn.execute(_INSERT, values)
+            return _record(values)
+
+        return self._db.submit(insert)
 
     def get(self, generation_id: str, account_id: str | None = None) -> GenerationRecord | None:
         """The generation, or None when it is unknown or (with `account_id`) another account's."""
