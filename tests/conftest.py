@@ -79,3 +79,11 @@ def tiny_sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from support.tiny import save_tiny_sd_pipeline
 
     return save_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def shape_classifier(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The evaluator's shape classifier, trained on the generator at test time (about 30 s)."""
+    from daguerre.engine.builtin.evaluate import ShapeClassifier
+
+    return ShapeClassifier.train()

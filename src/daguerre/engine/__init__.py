@@ -35,6 +35,17 @@ class ModelRegistry:
 
 
 def build_engine(spec: ModelSpec, allow_downloads: bool) -> Engine:
+    if spec.engine == "builtin":
+        from daguerre.engine.builtin import BuiltinEngine
+
+        return BuiltinEngine(
+            spec.name,
+            weights=spec.weights,
+            steps=spec.steps,
+            pixels=spec.pixels,
+            output_pixels=spec.output_pixels or spec.pixels,
+            temperature=spec.temperature,
+        )
     if spec.engine == "diffusers":
         from daguerre.engine.diffusers import DiffusersEngine
 

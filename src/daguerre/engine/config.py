@@ -33,12 +33,13 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    engine: Literal["diffusers", "python"]
+    engine: Literal["builtin", "diffusers", "python"]
     # diffusers
     pipeline: str | None = None
     """A pipeline class name exported by diffusers, e.g. StableDiffusionPipeline."""
     weights: str | None = None
-    """A local folder or a Hugging Face Hub id (loaded from the local cache unless downloads are on)."""
+    """A local folder or a Hugging Face Hub id (loaded from the local cache unless downloads are on).
+    For the built-in model: another pipeline folder than the shipped one."""
     revision: str | None = None
     steps: int = Field(default=20, ge=1, le=1000)
     guidance_scale: float | None = None
@@ -46,6 +47,10 @@ class ModelSpec(BaseModel):
     device: str = "auto"
     multiple: int = Field(default=16, ge=1, le=256)
     pixels: int = Field(default=1024 * 1024, ge=64, le=64 * 1024 * 1024)
+    output_pixels: int | None = Field(default=None, ge=64, le=64 * 1024 * 1024)
+    """Built-in model: area of the delivered image (it draws at `pixels` and resizes up)."""
+    temperature: float = Field(default=0.5, ge=0, le=2)
+    """Built-in model: how freely positions and sizes vary around the predicted layout."""
     sizes: dict[str, tuple[int, int]] = Field(default_factory=dict)
     """Explicit width/height per ratio; ratios left out follow `pixels` and `multiple`."""
     call: dict[str, Any] = Field(default_factory=dict)

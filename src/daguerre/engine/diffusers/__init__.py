@@ -50,7 +50,7 @@ class DiffusersEngine:
         import torch
 
         self.spec = spec
-        pipeline_class = getattr(diffusers, spec.pipeline or "", None)
+        pipeline_class: Any = getattr(diffusers, spec.pipeline or "", None)
         if not (inspect.isclass(pipeline_class) and issubclass(pipeline_class, diffusers.DiffusionPipeline)):
             raise JobFailure(
                 FailureCode.GENERATION_FAILED,
@@ -66,7 +66,8 @@ class DiffusersEngine:
         if _is_local(weights) and not (Path(weights).expanduser() / "model_index.json").is_file():
             raise JobFailure(FailureCode.GENERATION_FAILED, missing_weights_reason(spec))
         try:
-            self.pipe = pipeline_class.from_pretrained(
+            loader: Any = pipeline_class  # (the issubclass check above narrows it to type[object])
+            self.pipe = loader.from_pretrained(
                 str(Path(weights).expanduser()) if _is_local(weights) else weights,
                 revision=spec.revision,
                 dtype=dtype,

@@ -1,0 +1,185 @@
+"""`BuiltinPipeline`: the built-in model as a diffusers pipeline (save_pretrained / from_pretrained).
+
+    pipe = BuiltinPipeline.from_pretrained(folder)
+    out = pipe(prompt="a red star on a blue background", width=96, height=96, num_inference_steps=8)
+    out.images[0]                                  # PIL image at width x height
+    pipe(prompt="make the star green", image=source, width=96, height=96)   # an edit
+
+One call: encode the prompt (and the source image, for an edit), predict the layout, sample it,
+render it as maps, then integrate the rectified flow from noise to image with Euler steps.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DModel
+from diffusers.utils.outputs import BaseOutput
+from PIL import Image
+from transformers import BertModel, PreTrainedTokenizerFast
+
+from daguerre.engine.builtin import scenes
+from daguerre.engine.builtin.model import (
+    MIN_FLOW_T,
+    SLOTS,
+    Layout,
+    LayoutModel,
+    LayoutPrediction,
+    denoiser_input,
+    denoiser_output,
+)
+from daguerre.engine.builtin.text import encode_prompts
+from daguerre.sizing import nearest_ratio
+
+
+@dataclass
+class BuiltinOutput(BaseOutput):
+    images: list[Image.Image]
+    layouts: list[scenes.Scene]
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (1, 3, H, W) in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None]
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    array = ((tensor[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+class BuiltinPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->layout->unet"
+    _callback_tensor_inputs: ClassVar[list[str]] = ["latents"]
+    # registered by __init__ (declared here for type checkers)
+    tokenizer: PreTrainedTokenizerFast
+    text_encoder: BertModel
+    layout: LayoutModel
+    unet: UNet2DModel
+    scheduler: FlowMatchEulerDiscreteScheduler
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerFast,
+        text_encoder: BertModel,
+        layout: LayoutModel,
+        unet: UNet2DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer, text_encoder=text_encoder, layout=layout, unet=unet, scheduler=scheduler
+        )
+
+    # Text (and source image) -> layout ------------------------------------------------------------
+
+    def encode(
+        self, prompts: list[str], ratios: list[str], sources: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        device = self.text_encoder.device
+        ids, mask = encode_prompts(self.tokenizer, prompts, ratios)
+        ids, mask = ids.to(device), mask.to(device)
+        embeds = self.layout.mix_phrases(self.text_encoder.embeddings.word_embeddings(ids))
+        types = torch.zeros_like(ids)
+        if sources is not None:
+            image_tokens = self.layout.encode_image(sources.to(device))
+            embeds = torch.cat([embeds, image_tokens], dim=1)
+            ones = torch.ones(image_tokens.shape[:2], dtype=torch.long, device=device)
+            mask = torch.cat([mask, ones], dim=1)
+            types = torch.cat([types, ones], dim=1)
+        output = self.text_encoder(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types)
+        states: torch.Tensor = output.last_hidden_state
+        return states
+
+    def sample_layout(
+        self, prediction: LayoutPrediction, ratio: str, rng: random.Random, temperature: float = 0.5
+    ) -> scenes.Scene:
+        """One layout from the first row of `prediction`: the most likely kinds and colours, and
+        positions and sizes drawn from the predicted Gaussians, redrawn while shapes overlap."""
+        exists = (prediction.exists_logit[0] > 0).tolist()
+        kinds = prediction.shape_logits[0].argmax(-1).tolist()
+        colours = prediction.colour_logits[0].argmax(-1).tolist()
+        mean = prediction.geometry_mean[0].tolist()
+        std = prediction.geometry_log_std[0].exp().tolist()
+        placed: list[scenes.Shape] = []
+        for k in range(SLOTS):
+            if not exists[k]:
+                continue
+            candidate = None
+            for attempt in range(40):
+                scale = temperature * (0.0 if attempt == 39 else 1.0 + attempt / 10)
+                x, y, r = (m + scale * s * rng.gauss(0, 1) for m, s in zip(mean[k], std[k], strict=True))
+                r = min(max(r, 0.05), 0.3)
+                x, y = scenes._clamp_inside(x, y, r, ratio)
+                candidate = scenes.Shape(scenes.SHAPES[kinds[k]], scenes.COLOURS[colours[k]], x, y, r)
+                if not any(scenes.overlaps(candidate, other, ratio, gap=0.0) for other in placed):
+                    break
+            assert candidate is not None
+            placed.append(candidate)
+        background = scenes.COLOURS[int(prediction.background_logits[0].argmax())]
+        return scenes.Scene(background, tuple(placed), ratio)
+
+    # Layout -> image ------------------------------------------------------------------------------
+
+    def layout_tensors(self, scene: scenes.Scene) -> Layout:
+        return layout_from_scenes([scene], device=self.unet.device)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompt: str,
+        width: int,
+        height: int,
+        num_inference_steps: int = 8,
+        image: Image.Image | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float = 0.5,
+        callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None = None,
+        output_type: str = "pil",
+    ) -> BuiltinOutput:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+        ratio = nearest_ratio(width, height)
+        sources = to_tensor(image) if image is not None else None
+        prediction = self.layout.predict(self.encode([prompt], [ratio], sources))
+        scene = self.sample_layout(prediction, ratio, random.Random(seed), temperature)
+        maps = self.layout.maps(self.layout_tensors(scene), width, height)
+        latents = torch.randn((1, 3, height, width), generator=generator).to(self.unet.device)
+        self.scheduler.set_timesteps(num_inference_steps, device=self.unet.device)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        for i, t in enumerate(self.scheduler.timesteps):
+            clean = denoiser_output(self.unet(denoiser_input(latents, maps), t).sample)
+            sigma = float(self.scheduler.sigmas[i])
+            velocity = (latents - clean) / max(sigma, MIN_FLOW_T)
+            latents = self.scheduler.step(velocity, t, latents).prev_sample
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, i, t, {"latents": latents})
+        return BuiltinOutput(images=[to_image(latents)], layouts=[scene])
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+
+def layout_from_scenes(batch: list[scenes.Scene], device: torch.device | str = "cpu") -> Layout:
+    """Ground-truth (or sampled) scenes as layout tensors; slots beyond a scene's shapes are empty."""
+    n = len(batch)
+    exists = torch.zeros(n, SLOTS, dtype=torch.long)
+    shape = torch.zeros(n, SLOTS, dtype=torch.long)
+    colour = torch.zeros(n, SLOTS, dtype=torch.long)
+    geometry = torch.zeros(n, SLOTS, 3)
+    background = torch.zeros(n, dtype=torch.long)
+    for i, scene in enumerate(batch):
+        background[i] = scenes.COLOURS.index(scene.background)
+        for k, s in enumerate(scene.shapes[:SLOTS]):
+            exists[i, k] = 1
+            shape[i, k] = scenes.SHAPES.index(s.kind)
+            colour[i, k] = scenes.COLOURS.index(s.colour)
+            geometry[i, k] = torch.tensor([s.x, s.y, s.radius])
+    layout = Layout(exists, shape, colour, geometry[..., 0], geometry[..., 1], geometry[..., 2], background)
+    return layout.to(device)

@@ -1,0 +1,367 @@
+"""Train the built-in model on CPU: `python -m daguerre.engine.builtin.train --out runs/builtin`.
+
+Every step draws fresh scenes from the generator (in a data-loader process) and trains both parts:
+
+* the text encoder and layout heads on captions (text-to-image) and instructions with their source
+  images (edits), against the generator's ground-truth layouts;
+* the denoiser with rectified flow on rendered scenes, conditioned on their ground-truth layout maps,
+  at a random aspect ratio and size class each step.
+
+Progress goes to stdout and to `<out>/log.jsonl` (losses, samples per second, learning rate).
+Checkpoints (`<out>/checkpoint.pt`, written atomically) let a run resume where it stopped; the data
+stream is seeded by `--seed` and the step, so a resumed run is reproducible. `--export DIR` writes
+the EMA weights as a diffusers pipeline (`save_pretrained`), which is what daguerre ships.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import torch.nn.functional as F
+import typer
+from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
+from torch.utils.data import DataLoader, IterableDataset
+from transformers import BertModel
+
+from daguerre.engine.builtin import scenes
+from daguerre.engine.builtin.model import MIN_FLOW_T, UNSHUFFLE, Layout, LayoutModel
+from daguerre.engine.builtin.pipeline import BuiltinPipeline, layout_from_scenes
+from daguerre.engine.builtin.text import build_tokenizer, text_encoder_config, vocabulary
+from daguerre.sizing import size_table
+from daguerre.wire import ASPECT_RATIOS
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 6000
+    seed: int = 0
+    threads: int = 2
+    caption_batch: int = 64
+    edit_batch: int = 32
+    image_batch: int = 24
+    learning_rate: float = 5e-4
+    layout_learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.995
+    image_areas: tuple[int, ...] = (48 * 48, 64 * 64, 80 * 80, 96 * 96)
+    image_area_weights: tuple[float, ...] = (0.3, 0.35, 0.2, 0.15)
+    one_object_until: int = 300
+    two_objects_until: int = 900
+    log_every: int = 10
+    checkpoint_every: int = 100
+    hidden_size: int = 128
+    text_layers: int = 3
+    unet_channels: tuple[int, ...] = (48, 96, 96)
+    vocabulary_samples: int = 20000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def _image_tensor(image: Any) -> torch.Tensor:
+    from daguerre.engine.builtin.pipeline import to_tensor
+
+    return to_tensor(image)[0]
+
+
+def _max_objects(config: TrainConfig, step: int) -> int:
+    if step < config.one_object_until:
+        return 1
+    return 2 if step < config.two_objects_until else 3
+
+
+def make_batch(config: TrainConfig, step: int) -> dict[str, Any]:
+    """Everything one training step needs, drawn from the generator with a seed fixed by the step."""
+    rng = random.Random(config.seed * 1_000_003 + step)
+    max_objects = _max_objects(config, step)
+    captions, caption_ratios, caption_scenes = [], [], []
+    for _ in range(config.caption_batch):
+        ratio = rng.choice(ASPECT_RATIOS)
+        scene = scenes.sample_scene(rng, ratio, max_count=max_objects)
+        captions.append(scenes.describe(scene, rng))
+        caption_ratios.append(ratio)
+        caption_scenes.append(scene)
+    instructions, edit_ratios, sources, edit_targets = [], [], [], []
+    for _ in range(config.edit_batch):
+        ratio = rng.choice(ASPECT_RATIOS)
+        scene = scenes.sample_scene(rng, ratio, max_count=max(1, min(max_objects, 3)))
+        edit = scenes.sample_edit(rng, scene)
+        width, height = size_table(64 * 64, 8)[ratio]
+        instructions.append(edit.instruction)
+        edit_ratios.append(ratio)
+        sources.append(_image_tensor(scenes.render(edit.source, width, height)))
+        # Edit targets list their objects left to right: the model reads positions off the image.
+        ordered = tuple(sorted(edit.target.shapes, key=lambda s: s.x))
+        edit_targets.append(scenes.Scene(edit.target.background, ordered, ratio))
+    ratio = rng.choice(ASPECT_RATIOS)
+    area = rng.choices(config.image_areas, weights=config.image_area_weights)[0]
+    width, height = size_table(area, 8)[ratio]
+    image_scenes = [scenes.sample_scene(rng, ratio, max_count=max_objects) for _ in range(config.image_batch)]
+    images = torch.stack([_image_tensor(scenes.render(s, width, height)) for s in image_scenes])
+    return {
+        "captions": captions,
+        "caption_ratios": caption_ratios,
+        "caption_layout": layout_from_scenes(caption_scenes),
+        "instructions": instructions,
+        "edit_ratios": edit_ratios,
+        "sources": [
+            F.interpolate(s[None], size=(64, 64), mode="bilinear", align_corners=False)[0] for s in sources
+        ],
+        "edit_layout": layout_from_scenes(edit_targets),
+        "images": images,
+        "image_layout": layout_from_scenes(image_scenes),
+    }
+
+
+class SceneStream(IterableDataset[dict[str, Any]]):
+    def __init__(self, config: TrainConfig, start: int) -> None:
+        self.config = config
+        self.start = start
+
+    def __iter__(self) -> Any:
+        step = self.start
+        while True:
+            yield make_batch(self.config, step)
+            step += 1
+
+
+# --- model ----------------------------------------------------------------------------------------
+
+
+def build_pipeline(config: TrainConfig) -> BuiltinPipeline:
+    torch.manual_seed(config.seed)
+    tokenizer = build_tokenizer(vocabulary(samples=config.vocabulary_samples, seed=config.seed))
+    text_encoder = BertModel(text_encoder_config(len(tokenizer), config.hidden_size, config.text_layers))
+    layout = LayoutModel(hidden_size=config.hidden_size)
+    channels = 3 + layout.map_channels
+    unet = UNet2DModel(
+        sample_size=32,
+        in_channels=channels * UNSHUFFLE * UNSHUFFLE,
+        out_channels=3 * UNSHUFFLE * UNSHUFFLE,
+        block_out_channels=config.unet_channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) * len(config.unet_channels),
+        up_block_types=("UpBlock2D",) * len(config.unet_channels),
+        norm_num_groups=8,
+    )
+    return BuiltinPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        layout=layout,
+        unet=unet,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+
+
+def _modules(pipe: BuiltinPipeline) -> dict[str, torch.nn.Module]:
+    return {"text_encoder": pipe.text_encoder, "layout": pipe.layout, "unet": pipe.unet}
+
+
+def layout_losses(pipe: BuiltinPipeline, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    text = pipe.layout.predict(pipe.encode(batch["captions"], batch["caption_ratios"]))
+    edits = pipe.layout.predict(
+        pipe.encode(batch["instructions"], batch["edit_ratios"], torch.stack(batch["sources"]))
+    )
+    losses = {f"t2i_{k}": v for k, v in pipe.layout.loss(text, batch["caption_layout"]).items()}
+    losses.update({f"edit_{k}": v for k, v in pipe.layout.loss(edits, batch["edit_layout"]).items()})
+    return losses
+
+
+def flow_loss(
+    pipe: BuiltinPipeline, images: torch.Tensor, layout: Layout, generator: torch.Generator
+) -> torch.Tensor:
+    from daguerre.engine.builtin.model import denoiser_input, denoiser_output
+
+    b, _, h, w = images.shape
+    # Half logit-normal (most weight mid-way), half uniform (the ends matter for few-step sampling).
+    t = torch.where(
+        torch.rand(b, generator=generator) < 0.5,
+        torch.sigmoid(torch.randn(b, generator=generator)),
+        torch.rand(b, generator=generator),
+    )
+    noise = torch.randn(images.shape, generator=generator)
+    tt = t.view(-1, 1, 1, 1)
+    noisy = (1 - tt) * images + tt * noise
+    maps = pipe.layout.maps(layout, w, h)
+    # The network predicts the clean image (x-prediction); the loss is on the velocity it implies.
+    clean = denoiser_output(pipe.unet(denoiser_input(noisy, maps), t * 1000).sample)
+    velocity = (noisy - clean) / tt.clamp(min=MIN_FLOW_T)
+    return F.mse_loss(velocity, noise - images)
+
+
+def _learning_rate(config: TrainConfig, step: int) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, out: Path, resume: bool = True, export: Path | None = None) -> Path:
+    torch.set_num_threads(config.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / "checkpoint.pt"
+    pipe = build_pipeline(config)
+    modules = _modules(pipe)
+    parameters = [p for m in modules.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": list(pipe.unet.parameters()), "base_lr": config.learning_rate},
+            {
+                "params": [*pipe.text_encoder.parameters(), *pipe.layout.parameters()],
+                "base_lr": config.layout_learning_rate,
+            },
+        ],
+        lr=config.learning_rate,
+        weight_decay=0.01,
+    )
+    ema = {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
+    step, elapsed = 0, 0.0
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        for name, module in modules.items():
+            module.load_state_dict(state["model"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        ema = state["ema"]
+        step, elapsed = state["step"], state["elapsed"]
+        print(f"resumed from step {step} ({elapsed / 60:.1f} min trained)", flush=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    generator = torch.Generator().manual_seed(config.seed * 7919 + step)
+    loader = DataLoader(SceneStream(config, step), batch_size=None, num_workers=1, prefetch_factor=4)
+    log_path = out / "log.jsonl"
+    started = time.monotonic() - elapsed
+    window_start, window_samples = time.monotonic(), 0
+    for module in modules.values():
+        module.train()
+    for batch in loader:
+        if step >= config.steps:
+            break
+        lr = _learning_rate(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["base_lr"] / config.learning_rate
+        losses = layout_losses(pipe, batch)
+        losses["flow"] = flow_loss(pipe, batch["images"], batch["image_layout"], generator)
+        total = torch.stack(list(losses.values())).sum()
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            for name, module in modules.items():
+                for key, value in module.state_dict().items():
+                    if value.dtype.is_floating_point:
+                        ema[name][key].mul_(config.ema_decay).add_(value, alpha=1 - config.ema_decay)
+                    else:
+                        ema[name][key].copy_(value)
+        step += 1
+        window_samples += len(batch["captions"]) + len(batch["instructions"]) + len(batch["images"])
+        if step % config.log_every == 0 or step == config.steps:
+            now = time.monotonic()
+            record: dict[str, Any] = {
+                "step": step,
+                "elapsed_s": round(now - started, 1),
+                "lr": lr,
+                "samples_per_s": round(window_samples / (now - window_start), 1),
+                "image_size": list(batch["images"].shape[-2:]),
+                **{k: round(float(v.detach()), 4) for k, v in losses.items()},
+            }
+            with open(log_path, "a") as log:
+                log.write(json.dumps(record) + "\n")
+            print(
+                f"step {step}/{config.steps}  flow {record['flow']:.4f}  "
+                f"layout {sum(record[k] for k in losses if k != 'flow'):.3f}  "
+                f"{record['samples_per_s']} samples/s  {record['elapsed_s'] / 60:.1f} min",
+                flush=True,
+            )
+            window_start, window_samples = now, 0
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _save_checkpoint(checkpoint_path, modules, optimizer, ema, step, time.monotonic() - started)
+    final = out / "pipeline"
+    export_pipeline(pipe, ema, final)
+    if export is not None:
+        export_pipeline(pipe, ema, export)
+    summary = {
+        "steps": step,
+        "minutes": round((time.monotonic() - started) / 60, 1),
+        "config": asdict(config),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return final
+
+
+def _save_checkpoint(
+    path: Path,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    ema: dict[str, dict[str, torch.Tensor]],
+    step: int,
+    elapsed: float,
+) -> None:
+    state = {
+        "step": step,
+        "elapsed": elapsed,
+        "model": {name: m.state_dict() for name, m in modules.items()},
+        "optimizer": optimizer.state_dict(),
+        "ema": ema,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def pipeline_from_checkpoint(path: Path) -> BuiltinPipeline:
+    """The EMA weights of a training checkpoint as a pipeline (to evaluate a run while it trains)."""
+    config_path = path.parent / "config.json"
+    config = TrainConfig()
+    if config_path.exists():
+        values: dict[str, Any] = json.loads(config_path.read_text())
+        config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})  # type: ignore[arg-type]
+    pipe = build_pipeline(config)
+    state = torch.load(path, weights_only=False)
+    for name, module in _modules(pipe).items():
+        module.load_state_dict(state["ema"][name])
+        module.eval()
+    return pipe
+
+
+def export_pipeline(pipe: BuiltinPipeline, ema: dict[str, dict[str, torch.Tensor]], folder: Path) -> None:
+    """Write the EMA weights as a diffusers pipeline folder (model_index.json + components)."""
+    live = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in _modules(pipe).items()}
+    for name, module in _modules(pipe).items():
+        module.load_state_dict(ema[name])
+        module.eval()
+    pipe.save_pretrained(folder)
+    for name, module in _modules(pipe).items():
+        module.load_state_dict(live[name])
+
+
+def main(
+    out: Annotated[
+        Path, typer.Option(help="Run folder: checkpoint, log.jsonl, the exported pipeline.")
+    ] = Path("runs/builtin"),
+    steps: Annotated[int, typer.Option(help="Total training steps.")] = TrainConfig.steps,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and of the data stream.")] = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing checkpoint.")] = False,
+    export: Annotated[Path | None, typer.Option(help="Also write the final pipeline here.")] = None,
+    image_batch: Annotated[int, typer.Option(help="Denoiser images per step.")] = TrainConfig.image_batch,
+) -> None:
+    """Train (or resume training) the built-in text-to-image and edit model."""
+    config = TrainConfig(steps=steps, seed=seed, threads=threads, image_batch=image_batch)
+    final = train(config, out, resume=not fresh, export=export)
+    typer.echo(f"pipeline written to {final}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

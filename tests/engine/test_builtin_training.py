@@ -1,0 +1,91 @@
+"""The training command: a few steps on CPU, checkpoint and resume, export, load, generate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from daguerre.engine.builtin.pipeline import BuiltinPipeline
+from daguerre.engine.builtin.train import TrainConfig, pipeline_from_checkpoint, train
+
+TINY = {
+    "caption_batch": 4,
+    "edit_batch": 2,
+    "image_batch": 2,
+    "image_areas": (32 * 32,),
+    "image_area_weights": (1.0,),
+    "log_every": 1,
+    "checkpoint_every": 2,
+    "hidden_size": 32,
+    "text_layers": 1,
+    "unet_channels": (16, 32, 32),
+    "vocabulary_samples": 300,
+    "warmup_steps": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    train(TrainConfig(steps=3, **TINY), out)
+    first = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train(TrainConfig(steps=5, **TINY), out)  # resumes from the checkpoint at step 3
+    return out, first
+
+
+def test_progress_is_logged_with_loss_and_throughput(run):
+    _, first = run
+    assert [r["step"] for r in first] == [1, 2, 3]
+    record = first[-1]
+    assert record["flow"] > 0 and record["samples_per_s"] > 0
+    assert {"t2i_colour", "t2i_shape", "edit_background", "lr", "elapsed_s"} <= set(record)
+
+
+def test_a_second_run_resumes_where_the_first_stopped(run):
+    out, _ = run
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 5 and summary["config"]["seed"] == 0
+
+
+def test_the_exported_pipeline_loads_and_draws_every_size(run):
+    out, _ = run
+    pipe = BuiltinPipeline.from_pretrained(out / "pipeline", local_files_only=True)
+    for width, height in ((48, 48), (72, 24), (24, 72)):
+        image = pipe(
+            prompt="a red star on a blue background", width=width, height=height, num_inference_steps=2
+        ).images[0]
+        assert image.size == (width, height) and image.mode == "RGB"
+    source = Image.new("RGB", (40, 24), (37, 99, 235))
+    edited = pipe(
+        prompt="make the background green", image=source, width=40, height=24, num_inference_steps=2
+    )
+    assert edited.images[0].size == (40, 24)
+
+
+def test_same_seed_same_image(run):
+    out, _ = run
+    pipe = BuiltinPipeline.from_pretrained(out / "pipeline", local_files_only=True)
+
+    def draw(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return np.asarray(
+            pipe(
+                prompt="a green heart", width=32, height=32, num_inference_steps=2, generator=generator
+            ).images[0]
+        )
+
+    assert np.array_equal(draw(1), draw(1))
+    assert not np.array_equal(draw(1), draw(2))
+
+
+def test_a_checkpoint_can_be_evaluated_while_training(run):
+    out, _ = run
+    pipe = pipeline_from_checkpoint(out / "checkpoint.pt")
+    assert pipe(prompt="a circle", width=32, height=32, num_inference_steps=2).images[0].size == (32, 32)
