@@ -67,6 +67,21 @@ class Settings(BaseSettings):
     key_cache_s: float = Field(default=2.0, ge=0)
     """How long an API process trusts a successful key lookup; revoking a key or suspending an
     account reaches other processes within this time (at once in the process that made the change)."""
+    max_input_pixels: int = Field(default=40_000_000, ge=64 * 64, le=89_000_000)
+    """Largest input image, in pixels (a decompression-bomb guard): larger ones fail with
+    image_too_large. Checked from the image header before decoding."""
+    url_ingestion: bool = True
+    """Fetch `url` image references server-side; off: such requests get 503."""
+    url_allow_http: bool = False
+    """Also fetch plain http:// URLs (https only by default)."""
+    url_allow_private: bool = False
+    """Also fetch from loopback, private and link-local addresses (off by default: SSRF)."""
+    url_allowed_networks: list[str] = Field(default_factory=list)
+    """Networks (CIDR) fetched from even though they are private, e.g. an internal image host."""
+    url_ca_bundle: Path | None = None
+    """CA certificates for https fetches (default: the system's)."""
+    url_timeout_s: float = Field(default=18.0, gt=0, le=120)
+    """Total time for fetching one URL, redirects included."""
     max_request_bytes: int = Field(default_factory=_default_max_request_bytes, ge=1024)
     lease_s: float = Field(default=30.0, gt=0)
     """How long a claimed job stays owned without a renewal; renewed every lease_s/3."""

@@ -9,13 +9,18 @@ unknown keys (and the `video` / `layering` options of other types) are ignored.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from daguerre.errors import ApiError
 from daguerre.wire import (
+    ACCEPTED_MIME_TYPES,
     ASPECT_RATIOS,
+    FILE_PURPOSES,
+    FILENAME_MAX_CHARS,
     IMAGE_REF_SOURCES,
     MAX_IMAGE_REFS,
+    MAX_INPUT_IMAGE_BYTES,
     MODELS,
     OUTPUT_FORMATS,
     PORTRAIT_RATIOS,
@@ -24,6 +29,7 @@ from daguerre.wire import (
     UNAVAILABLE_MODELS,
     USER_ID_MAX_CHARS,
     Detail,
+    FileCreate,
     GenerationCreate,
     GenerationType,
     ImageRef,
@@ -142,3 +148,50 @@ def parse_image_ref(value: Any, path: str) -> ImageRef:
     if fields["data"] and not fields["media_type"]:
         raise _bad(Detail.ref_media_type_required(path))
     return ImageRef(**{name: fields[name] or None for name in fields})
+
+
+def parse_file_create(body: Any, *, inline: bool = False) -> FileCreate:
+    """Validate the fields of `POST /v1/files` (JSON body, or the form fields of a multipart upload,
+    where `size_bytes` comes from the part and every value arrives as text)."""
+    if not isinstance(body, dict):
+        raise _bad(Detail.BODY_NOT_OBJECT)
+    values: dict[str, Any] = {}
+    if body.get("mime_type") is None:
+        raise _bad(Detail.field_required("mime_type"))
+    mime_type = _optional(body, "mime_type", str)
+    if mime_type.lower() not in ACCEPTED_MIME_TYPES:
+        raise _bad(f"mime_type: must be one of {', '.join(ACCEPTED_MIME_TYPES)}")
+    values["mime_type"] = mime_type.lower()
+    size = body.get("size_bytes")
+    if size is None:
+        raise _bad(Detail.field_required("size_bytes"))
+    if inline and isinstance(size, str) and size.isdigit():
+        size = int(size)
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise _bad("size_bytes: must be an integer")
+    if not 1 <= size <= MAX_INPUT_IMAGE_BYTES:
+        raise _bad(f"size_bytes: must be between 1 and {MAX_INPUT_IMAGE_BYTES}")
+    values["size_bytes"] = size
+    expires = _optional(body, "expires_at", str)
+    if expires is not None:
+        try:
+            moment = datetime.fromisoformat(expires)
+        except ValueError:
+            raise _bad("expires_at: must be an ISO-8601 datetime") from None
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        if moment <= datetime.now(UTC):
+            raise _bad("expires_at: must be in the future")
+        values["expires_at"] = moment
+    filename = _optional(body, "filename", str)
+    if filename is not None and len(filename) > FILENAME_MAX_CHARS:
+        raise _bad(f"filename: must be at most {FILENAME_MAX_CHARS} characters")
+    values["filename"] = filename
+    purpose = _optional(body, "purpose", str) or "input"
+    if purpose not in FILE_PURPOSES:
+        raise _bad(f"purpose: must be one of {', '.join(FILE_PURPOSES)}")
+    values["purpose"] = purpose
+    user_id = _optional(body, "user_id", str)
+    if user_id is not None and len(user_id) > USER_ID_MAX_CHARS:
+        raise _bad(Detail.USER_ID_LENGTH)
+    values["user_id"] = user_id
+    return FileCreate.model_validate(values)

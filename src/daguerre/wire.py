@@ -91,6 +91,9 @@ OUTPUT_URL_TTL_S = 3600
 # Luma's message lists the ratios in this exact order (numeric within each leading digit).
 _VALID_RATIOS_TEXT = "1:1, 1:2, 1:3, 16:9, 2:1, 2:3, 3:1, 3:2, 9:16"
 
+ACCEPTED_MIME_TYPES: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp", "image/gif")
+"""The input formats daguerre takes (Luma): JPEG, PNG, WebP, still GIF."""
+
 IMAGE_REF_SOURCES: tuple[str, ...] = ("url", "data", "generation_id", "file_id")
 
 
@@ -121,6 +124,11 @@ class Detail:
     TOO_MANY_REFS_IMAGE = "image supports up to 9 reference images"
     TOO_MANY_REFS_EDIT = "image_edit supports up to 8 reference images (source occupies one slot)"
     USER_ID_LENGTH = f"user_id: must be at most {USER_ID_MAX_CHARS} characters"
+
+    # Files
+    FILE_NOT_UPLOADED = "file upload has not been received"
+    FILE_TOO_LARGE = "file: image exceeds 50 MB limit"
+    FILE_REQUIRED = "file: field required"
 
     # 402, 413, 429, 500, 503
     INSUFFICIENT_BALANCE = "Insufficient balance. Please add funds to continue."
@@ -273,6 +281,61 @@ class Generation(BaseModel):
     output: list[Output] = Field(default_factory=list)
     failure_reason: str | None = None
     failure_code: FailureCode | None = None
+
+
+FILE_PURPOSES: tuple[str, ...] = ("input", "reference")
+FILENAME_MAX_CHARS = 255
+FILE_LIST_MAX = 100
+FILE_LIST_DEFAULT = 25
+
+
+class FileCreate(BaseModel):
+    """Body of `POST /v1/files` in the presigned (JSON) mode."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    mime_type: Literal["image/jpeg", "image/png", "image/webp", "image/gif"]
+    size_bytes: int = Field(ge=1, le=MAX_INPUT_IMAGE_BYTES)
+    expires_at: datetime | None = None
+    filename: str | None = Field(default=None, max_length=FILENAME_MAX_CHARS)
+    purpose: Literal["input", "reference"] = "input"
+    user_id: str | None = Field(default=None, max_length=USER_ID_MAX_CHARS)
+
+
+class File(BaseModel):
+    """A file in the caller's namespace (Luma)."""
+
+    id: str
+    created_at: str
+    mime_type: str
+    purpose: str
+    size_bytes: int
+    state: FileState
+    deleted_at: str | None = None
+    expires_at: str | None = None
+    failure_reason: str | None = None
+    filename: str | None = None
+    user_id: str | None = None
+
+
+class PresignedUpload(BaseModel):
+    expires_at: str
+    method: Literal["PUT"] = "PUT"
+    url: str
+    headers: dict[str, str]
+
+
+class CreateFileResponse(BaseModel):
+    id: str
+    state: FileState
+    file: File
+    upload: PresignedUpload | None = None
+
+
+class FileList(BaseModel):
+    data: list[File]
+    has_more: bool
+    next_cursor: str | None = None
 
 
 class ErrorBody(BaseModel):

@@ -8,25 +8,30 @@ wrong methods (405), parameter errors (400) and anything unexpected (500 `Intern
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from daguerre import __version__
 from daguerre.api import blobs as blob_routes
-from daguerre.api import generations
+from daguerre.api import files, generations
 from daguerre.api.deps import Services
+from daguerre.api.files import maintain_files
 from daguerre.api.middleware import BodySizeLimitMiddleware, HeadersMiddleware
 from daguerre.blobs import BlobStore, LocalBlobStore
 from daguerre.errors import ApiError
 from daguerre.settings import Settings
 from daguerre.store import Store
-from daguerre.wire import Detail, GenerationCreate
+from daguerre.wire import Detail, FileCreate, GenerationCreate
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +42,22 @@ Every error body is `{"detail": "<string>"}`.
 """
 
 
+FILE_MAINTENANCE_INTERVAL_S = 30.0
+
+
 def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
+    svc = Services.build(settings, store, blobs)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_file_maintenance(svc))
+        try:
+            yield
+        finally:
+            task.cancel()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="daguerre",
         version=__version__,
         description=DESCRIPTION,
@@ -46,9 +65,10 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.state.services = Services(settings=settings, store=store, blobs=blobs)
+    app.state.services = svc
 
     app.include_router(generations.router)
+    app.include_router(files.router)
     if isinstance(blobs, LocalBlobStore):
         app.include_router(blob_routes.router)
 
@@ -65,6 +85,16 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
     app.add_middleware(HeadersMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+async def _file_maintenance(svc: Services) -> None:
+    """Expired files and interrupted ingests, every FILE_MAINTENANCE_INTERVAL_S seconds."""
+    while True:
+        try:
+            await run_in_threadpool(maintain_files, svc)
+        except Exception:
+            log.exception("file maintenance failed")
+        await asyncio.sleep(FILE_MAINTENANCE_INTERVAL_S)
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -100,9 +130,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        request_schema = GenerationCreate.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(request_schema.pop("$defs", {}))
-        components["GenerationCreate"] = request_schema
+        for model in (GenerationCreate, FileCreate):
+            request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(request_schema.pop("$defs", {}))
+            components[model.__name__] = request_schema
         schema["components"]["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer", "description": "luma-api-... key"}
         }

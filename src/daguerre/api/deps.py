@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from daguerre.blobs import BlobStore
 from daguerre.errors import ApiError
+from daguerre.fetch import UrlPolicy
 from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.store.accounts import AccountStatus, hash_key
@@ -32,11 +33,23 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Services:
-    """What create_app() was given, kept on `app.state.services`."""
+    """What create_app() was given (and what it derived), kept on `app.state.services`."""
 
     settings: Settings
     store: Store
     blobs: BlobStore
+    url_policy: UrlPolicy
+
+    @classmethod
+    def build(cls, settings: Settings, store: Store, blobs: BlobStore) -> Services:
+        policy = UrlPolicy.build(
+            allow_http=settings.url_allow_http,
+            allow_private=settings.url_allow_private,
+            allowed_networks=settings.url_allowed_networks,
+            timeout_s=settings.url_timeout_s,
+            ca_bundle=str(settings.url_ca_bundle) if settings.url_ca_bundle else None,
+        )
+        return cls(settings=settings, store=store, blobs=blobs, url_policy=policy)
 
 
 def services(request: Request) -> Services:
@@ -85,6 +98,15 @@ async def read(store: Store, function: Callable[P, T], *args: P.args, **kwargs: 
     if store.db.fast_reads:
         return function(*args, **kwargs)
     return await run_in_threadpool(function, *args, **kwargs)
+
+
+def base_url(request: Request) -> str:
+    """Where the client reached this server (`scheme://host[:port]` plus any root path)."""
+    scope = request.scope
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    if host is None:
+        return str(request.base_url).rstrip("/")
+    return f"{scope['scheme']}://{host.decode('latin-1')}{scope.get('root_path', '')}"
 
 
 async def json_body(request: Request) -> Any:

@@ -12,9 +12,8 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
-from daguerre.api.deps import CallerDep, JsonBody, read, services
+from daguerre.api.deps import CallerDep, JsonBody, base_url, read, services
 from daguerre.api.ingest import ingest_inputs
 from daguerre.blobs import BlobStore
 from daguerre.errors import ApiError
@@ -70,15 +69,6 @@ def to_wire(record: GenerationRecord, blobs: BlobStore, base_url: str | None) ->
     )
 
 
-def base_url(request: Request) -> str:
-    """Where the client reached this server (`scheme://host[:port]` plus any root path)."""
-    scope = request.scope
-    host = next((value for name, value in scope["headers"] if name == b"host"), None)
-    if host is None:
-        return str(request.base_url).rstrip("/")
-    return f"{scope['scheme']}://{host.decode('latin-1')}{scope.get('root_path', '')}"
-
-
 class GenerationResponse(Response):
     """JSON of a Generation, serialised once by pydantic (FastAPI would validate it again first)."""
 
@@ -110,11 +100,7 @@ async def create_generation(request: Request, caller: CallerDep, body: JsonBody)
     settings, store, blobs = services(request).settings, services(request).store, services(request).blobs
     create = parse_generation_create(body)
     generation_id = str(uuid.uuid4())
-    input_keys: tuple[str, ...] = ()
-    if create.source is not None or create.image_ref:
-        input_keys = await run_in_threadpool(
-            ingest_inputs, create, generation_id, caller.account_id, store, blobs
-        )
+    input_keys = await ingest_inputs(create, generation_id, caller.account_id, services(request))
     aspect_ratio = None
     if create.type == GenerationType.IMAGE:
         aspect_ratio = create.aspect_ratio or pick_aspect_ratio(create.prompt, create.style)

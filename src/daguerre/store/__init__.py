@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from daguerre.store.accounts import AccountStore
 from daguerre.store.db import Database
+from daguerre.store.files import FileStore
 from daguerre.store.generations import GenerationStore
 from daguerre.store.migrate import upgrade
 
@@ -19,6 +20,7 @@ class Store:
     db: Database
     accounts: AccountStore
     generations: GenerationStore
+    files: FileStore
 
     def close(self) -> None:
         self.db.dispose()
@@ -29,7 +31,12 @@ def open_store(url: str, *, migrate: bool = True, key_cache_s: float = 2.0) -> S
     if migrate:
         upgrade(url)
     db = Database(url)
-    return Store(db=db, accounts=AccountStore(db, key_cache_s=key_cache_s), generations=GenerationStore(db))
+    return Store(
+        db=db,
+        accounts=AccountStore(db, key_cache_s=key_cache_s),
+        generations=GenerationStore(db),
+        files=FileStore(db),
+    )
 
 
 __all__ = ["Store", "open_store"]

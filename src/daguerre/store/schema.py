@@ -111,6 +111,34 @@ generations = sa.Table(
 )
 
 
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("account_id", ID, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("mime_type", sa.String(100), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+    sa.Column("purpose", sa.String(16), nullable=False),
+    sa.Column("filename", sa.String(255), nullable=True),
+    sa.Column("user_id", sa.String(256), nullable=True),
+    sa.Column("failure_reason", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("uploaded_at", UTCDateTime(), nullable=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("deleted_at", UTCDateTime(), nullable=True),
+    sa.CheckConstraint("state IN ('pending', 'ready', 'failed', 'deleted')", name="state"),
+    sa.CheckConstraint("purpose IN ('input', 'reference')", name="purpose"),
+    sa.Index("ix_files_account_created", "account_id", "created_at", "id"),
+    sa.Index("ix_files_expiry", "state", "expires_at"),
+)
+
+
+def file_key(file_id: str) -> str:
+    """Blob key of an uploaded file's bytes."""
+    return f"files/{file_id}"
+
+
 def input_key(generation_id: str, index: int) -> str:
     """Blob key of a generation's n-th input image (the source of an edit is input 0)."""
     return f"inputs/{generation_id}/{index}"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from daguerre.blobs import BlobNotFound, BlobStore
 from daguerre.engine import EngineJob, ModelRegistry, seed_for
 from daguerre.errors import Cancelled, JobFailure, LeaseLost, Transient
-from daguerre.media import OUTPUT_EXTENSIONS, OUTPUT_MEDIA_TYPES, encode_image, open_image
+from daguerre.media import OUTPUT_EXTENSIONS, OUTPUT_MEDIA_TYPES, encode_image, load_input
 from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.store.generations import GenerationRecord
@@ -194,9 +194,4 @@ class Worker:
             data = self.blobs.get(key)
         except BlobNotFound:
             raise JobFailure(FailureCode.INVALID_REQUEST, "An input image of this request is gone") from None
-        try:
-            return open_image(data)
-        except (OSError, ValueError) as exc:
-            raise JobFailure(
-                FailureCode.CORRUPT_INPUT, f"An input image could not be decoded: {exc}"
-            ) from exc
+        return load_input(data, self.settings.max_input_pixels)

@@ -1,0 +1,287 @@
+"""The Files API: upload once, reference many times as `ImageRef.file_id`.
+
+    POST   /v1/files                  JSON: a pending file and a presigned PUT envelope (201)
+                                      multipart: the bytes inline in the `file` part (201, upload null)
+    PUT    <upload.url>               the raw bytes (local blob store; S3 takes them directly)
+    POST   /v1/files/{id}/complete    empty body; starts ingest; the File, normally still pending
+    GET    /v1/files                  newest first, opaque keyset cursor, limit 1-100, purpose/state
+    GET    /v1/files/{id}             the File
+    DELETE /v1/files/{id}             soft delete, 204 (again 204 when already deleted)
+
+Ingest runs after the answer is sent: the bytes must be as many as declared, decode as an accepted
+image within the pixel limit (see media.load_input), then the file is `ready`, or `failed` with a
+reason. A file whose ingest was interrupted (a crash) is ingested again by the maintenance task,
+which also deletes files past their `expires_at`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from daguerre.api.deps import CallerDep, Services, base_url, services
+from daguerre.blobs import BlobNotFound
+from daguerre.errors import ApiError, JobFailure
+from daguerre.media import load_input, sniff_media_type
+from daguerre.store.clock import utcnow
+from daguerre.store.files import FileRecord, NewFile
+from daguerre.store.schema import file_key
+from daguerre.validation import parse_file_create
+from daguerre.wire import (
+    FILE_LIST_DEFAULT,
+    FILE_LIST_MAX,
+    MAX_INPUT_IMAGE_BYTES,
+    OUTPUT_URL_TTL_S,
+    CreateFileResponse,
+    Detail,
+    ErrorBody,
+    File,
+    FileCreate,
+    FileList,
+    FileState,
+    PresignedUpload,
+    format_timestamp,
+    parse_uuid,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/files", tags=["files"])
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "File not found"}}
+
+
+def to_wire(record: FileRecord) -> File:
+    def stamp(moment: datetime | None) -> str | None:
+        return format_timestamp(moment) if moment else None
+
+    return File(
+        id=record.id,
+        created_at=format_timestamp(record.created_at),
+        mime_type=record.mime_type,
+        purpose=record.purpose,
+        size_bytes=record.size_bytes,
+        state=record.state,
+        deleted_at=stamp(record.deleted_at),
+        expires_at=stamp(record.expires_at),
+        failure_reason=record.failure_reason,
+        filename=record.filename,
+        user_id=record.user_id,
+    )
+
+
+class JSONModelResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return content.model_dump_json().encode()  # type: ignore[no-any-return]
+
+
+def _own_file(request: Request, caller_account: str, file_id: str) -> FileRecord:
+    canonical = parse_uuid(file_id)
+    record = services(request).store.files.get(canonical, caller_account) if canonical else None
+    if record is None:
+        raise ApiError(404, Detail.FILE_NOT_FOUND)
+    return record
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=CreateFileResponse,
+    summary="Create a file",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/FileCreate"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "purpose": {"type": "string", "enum": ["input", "reference"]},
+                            "filename": {"type": "string"},
+                            "user_id": {"type": "string"},
+                            "expires_at": {"type": "string", "format": "date-time"},
+                        },
+                    }
+                },
+            },
+        }
+    },
+)
+async def create_file(request: Request, caller: CallerDep, background: BackgroundTasks) -> JSONModelResponse:
+    """JSON: a pending file and where to PUT its bytes. Multipart: the bytes inline."""
+    svc = services(request)
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        create, data = await _read_multipart(request)
+        record = await run_in_threadpool(_store_inline, svc, caller.account_id, create, data)
+        background.add_task(ingest, svc, record.id, record.account_id)
+        response = CreateFileResponse(id=record.id, state=record.state, file=to_wire(record), upload=None)
+        return JSONModelResponse(response, status_code=201)
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "Request body is not valid JSON") from None
+    create = parse_file_create(body)
+    record = await run_in_threadpool(svc.store.files.create, _new_file(caller.account_id, create))
+    expires = utcnow() + timedelta(seconds=OUTPUT_URL_TTL_S)
+    upload = PresignedUpload(
+        expires_at=format_timestamp(expires),
+        url=svc.blobs.presign_put(file_key(record.id), OUTPUT_URL_TTL_S, record.mime_type, base_url(request)),
+        headers={"Content-Type": record.mime_type},
+    )
+    response = CreateFileResponse(id=record.id, state=record.state, file=to_wire(record), upload=upload)
+    return JSONModelResponse(response, status_code=201)
+
+
+def _new_file(account_id: str, create: FileCreate) -> NewFile:
+    return NewFile(
+        account_id=account_id,
+        mime_type=create.mime_type,
+        size_bytes=create.size_bytes,
+        purpose=create.purpose,
+        filename=create.filename,
+        user_id=create.user_id,
+        expires_at=create.expires_at,
+    )
+
+
+async def _read_multipart(request: Request) -> tuple[FileCreate, bytes]:
+    async with request.form(max_files=1, max_fields=16) as form:
+        part = form.get("file")
+        if part is None or isinstance(part, str):
+            raise ApiError(400, Detail.FILE_REQUIRED)
+        data = await part.read(MAX_INPUT_IMAGE_BYTES + 1)
+        if len(data) > MAX_INPUT_IMAGE_BYTES:
+            raise ApiError(413, Detail.FILE_TOO_LARGE)
+        if not data:
+            raise ApiError(400, "file: must not be empty")
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+        declared = part.content_type if part.content_type and part.content_type.startswith("image/") else None
+        fields["mime_type"] = (
+            fields.get("mime_type") or declared or sniff_media_type(data) or "application/octet-stream"
+        )
+        fields["size_bytes"] = str(len(data))
+        fields.setdefault("filename", part.filename or "")
+        if not fields["filename"]:
+            del fields["filename"]
+    return parse_file_create(fields, inline=True), data
+
+
+def _store_inline(svc: Services, account_id: str, create: FileCreate, data: bytes) -> FileRecord:
+    record = svc.store.files.create(_new_file(account_id, create), uploaded=True)
+    svc.blobs.put(file_key(record.id), data, record.mime_type)
+    return record
+
+
+@router.post("/{file_id}/complete", response_model=File, responses=_NOT_FOUND, summary="Complete an upload")
+def complete_file(
+    file_id: str, request: Request, caller: CallerDep, background: BackgroundTasks
+) -> JSONModelResponse:
+    """Starts ingest of the uploaded bytes; the file becomes `ready` or `failed` shortly after."""
+    svc = services(request)
+    record = _own_file(request, caller.account_id, file_id)
+    if record.state != FileState.PENDING:
+        return JSONModelResponse(to_wire(record))  # repeated calls are harmless
+    if not svc.blobs.exists(file_key(record.id)):
+        raise ApiError(400, Detail.FILE_NOT_UPLOADED)
+    svc.store.files.mark_uploaded(record.id)
+    background.add_task(ingest, svc, record.id, record.account_id)
+    return JSONModelResponse(to_wire(record))
+
+
+@router.get("", response_model=FileList, summary="List files")
+def list_files(
+    request: Request,
+    caller: CallerDep,
+    limit: Annotated[int | None, Query()] = None,
+    cursor: Annotated[str | None, Query()] = None,
+    purpose: Annotated[str | None, Query()] = None,
+    state: Annotated[str | None, Query()] = None,
+) -> JSONModelResponse:
+    """Newest first. Without a `state` filter, deleted files are left out."""
+    size = FILE_LIST_DEFAULT if limit is None else limit
+    if not 1 <= size <= FILE_LIST_MAX:
+        raise ApiError(400, f"limit: must be between 1 and {FILE_LIST_MAX}")
+    if purpose is not None and purpose not in ("input", "reference"):
+        raise ApiError(400, "purpose: must be one of input, reference")
+    if state is not None and state not in tuple(s.value for s in FileState):
+        raise ApiError(400, "state: must be one of pending, ready, failed, deleted")
+    after = _decode_cursor(cursor) if cursor else None
+    page = services(request).store.files.page(caller.account_id, size, after, purpose, state)
+    next_cursor = _encode_cursor(page.files[-1]) if page.has_more and page.files else None
+    return JSONModelResponse(
+        FileList(data=[to_wire(f) for f in page.files], has_more=page.has_more, next_cursor=next_cursor)
+    )
+
+
+def _encode_cursor(record: FileRecord) -> str:
+    raw = f"{record.created_at.isoformat()}|{record.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, file_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), file_id
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "cursor: invalid") from None
+
+
+@router.get("/{file_id}", response_model=File, responses=_NOT_FOUND, summary="Get a file")
+def get_file(file_id: str, request: Request, caller: CallerDep) -> JSONModelResponse:
+    return JSONModelResponse(to_wire(_own_file(request, caller.account_id, file_id)))
+
+
+@router.delete("/{file_id}", status_code=204, responses=_NOT_FOUND, summary="Delete a file")
+def delete_file(file_id: str, request: Request, caller: CallerDep) -> Response:
+    """Soft delete: the file can no longer be referenced and its bytes are removed."""
+    svc = services(request)
+    record = _own_file(request, caller.account_id, file_id)
+    svc.store.files.delete(record.id, caller.account_id)
+    svc.blobs.delete(file_key(record.id))
+    return Response(status_code=204)
+
+
+# --- ingest and maintenance -----------------------------------------------------------------------
+
+
+def ingest(svc: Services, file_id: str, account_id: str) -> None:
+    """Decide a pending upload: ready, or failed with a reason."""
+    record = svc.store.files.get(file_id, account_id)
+    if record is None or record.state != FileState.PENDING:
+        return
+    try:
+        data = svc.blobs.get(file_key(file_id))
+    except BlobNotFound:
+        svc.store.files.finish(file_id, FileState.FAILED, reason="the uploaded bytes are missing")
+        return
+    if len(data) != record.size_bytes:
+        reason = f"uploaded {len(data)} bytes, but size_bytes is {record.size_bytes}"
+        svc.store.files.finish(file_id, FileState.FAILED, reason=reason)
+        return
+    try:
+        load_input(data, svc.settings.max_input_pixels)
+    except JobFailure as failure:
+        svc.store.files.finish(file_id, FileState.FAILED, reason=f"{failure.code.value}: {failure.reason}")
+        return
+    svc.store.files.finish(file_id, FileState.READY, mime_type=sniff_media_type(data) or record.mime_type)
+    log.info("file %s is ready", file_id)
+
+
+def maintain_files(svc: Services, stalled_after_s: float = 60.0) -> None:
+    """Delete expired files (record soft-deleted, bytes removed); re-run interrupted ingests."""
+    for file_id in svc.store.files.expire():
+        svc.blobs.delete(file_key(file_id))
+        log.info("file %s expired and was deleted", file_id)
+    for record in svc.store.files.stalled(stalled_after_s):
+        ingest(svc, record.id, record.account_id)
