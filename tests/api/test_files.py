@@ -7,14 +7,14 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from support.helpers import make_key
-from support.imageserver import png_bytes
 
 from daguerre.api.deps import Services
 from daguerre.api.files import maintain_files
 from daguerre.store.schema import file_key
 from daguerre.store.schema import files as files_table
 from daguerre.wire import FailureCode, State
+from support.helpers import make_key
+from support.imageserver import png_bytes
 
 PNG = png_bytes((40, 20))
 

@@ -6,11 +6,11 @@ from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
-from support.imageserver import image_servers
 
 from daguerre.api import create_app
 from daguerre.settings import Settings
 from daguerre.wire import State
+from support.imageserver import image_servers
 
 
 @pytest.fixture(scope="module")
