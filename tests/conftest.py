@@ -82,6 +82,22 @@ def tiny_sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def klein_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from support.tiny import save_tiny_flux2_klein_pipeline
+
+    return save_tiny_flux2_klein_pipeline(tmp_path_factory.mktemp("klein") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def pix2pix_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from support.tiny import save_tiny_pix2pix_pipeline
+
+    return save_tiny_pix2pix_pipeline(tmp_path_factory.mktemp("pix2pix") / "pipeline")
+
+
+@pytest.fixture(scope="session")
 def shape_classifier(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The evaluator's shape classifier, trained on the generator at test time (about 30 s)."""
     from daguerre.engine.builtin.evaluate import ShapeClassifier

@@ -72,16 +72,19 @@ def nearest_ratio(width: int, height: int) -> str:
     return min(ASPECT_RATIOS, key=lambda ratio: abs(math.log(ratio_value(ratio)) - target))
 
 
-def fit_size(width: int, height: int, max_pixels: int, multiple: int) -> tuple[int, int]:
-    """The size nearest to width x height, in multiples of `multiple`, at most `max_pixels`, with the
-    aspect ratio kept as exactly as the multiple allows.
+def fit_size(width: int, height: int, max_pixels: int, multiple: int, min_pixels: int = 0) -> tuple[int, int]:
+    """The size nearest to width x height, in multiples of `multiple`, between `min_pixels` and
+    `max_pixels` in area, with the aspect ratio kept as exactly as the multiple allows.
 
-    Used for edits: the output keeps the source's size when the model allows it, otherwise the
-    nearest size the model supports.
+    Used for edits: the output keeps the source's size when the model allows it; a larger source is
+    scaled down to the model's size class, a much smaller one up to `min_pixels`.
     """
     r = width / height
     long_over_short = max(r, 1 / r)
-    scale = min(1.0, math.sqrt(max_pixels / (width * height)))
+    area = width * height
+    scale = min(1.0, math.sqrt(max_pixels / area))
+    if min_pixels and area < min_pixels:
+        scale = math.sqrt(min_pixels / area)
     short = max(multiple, round(min(width, height) * scale / multiple) * multiple)
     while True:
         long = max(multiple, round(short * long_over_short / multiple) * multiple)

@@ -95,6 +95,25 @@ def tiny_sd_models(path: Path, folder: Path, **overrides: object) -> Path:
     return write_models_file(path, {"*": table})
 
 
+KLEIN_CALL = {"text_encoder_out_layers": [1, 2], "max_sequence_length": 32}
+
+
+def klein_models(path: Path, folder: Path, **extra: object) -> Path:
+    """Both models served by a tiny FLUX.2 [klein] folder (text-to-image and edits)."""
+    table: dict[str, object] = {
+        "engine": "diffusers",
+        "pipeline": "Flux2KleinPipeline",
+        "weights": str(folder),
+        "steps": 2,
+        "guidance_scale": 1.0,
+        "multiple": 16,
+        "pixels": 128 * 128,  # FLUX.2's image processor wants sources of at least 64 px a side
+        "call": KLEIN_CALL,
+        **extra,
+    }
+    return write_models_file(path, {"*": table})
+
+
 # A live `daguerre serve` in its own process ------------------------------------------------------
 
 

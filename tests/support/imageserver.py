@@ -27,7 +27,7 @@ def png_bytes(size: tuple[int, int] = (40, 20), colour: str = "red") -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    image = png_bytes()
+    image = png_bytes((160, 80))
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass

@@ -55,6 +55,14 @@ class ModelSpec(BaseModel):
     """Explicit width/height per ratio; ratios left out follow `pixels` and `multiple`."""
     call: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for every pipeline call (e.g. true_cfg_scale, negative_prompt)."""
+    edit_pipeline: str | None = None
+    """A separate pipeline class for image_edit (default: the main pipeline, when it takes an image)."""
+    edit_weights: str | None = None
+    """Weights of the edit pipeline (default: `weights`)."""
+    edit_steps: int | None = Field(default=None, ge=1, le=1000)
+    edit_guidance_scale: float | None = None
+    edit_call: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments for edit calls (e.g. image_guidance_scale for InstructPix2Pix)."""
     style_prompts: dict[str, str] = Field(
         default_factory=lambda: {"manga": "manga style, black and white ink outlines, screentone shading"}
     )

@@ -79,8 +79,10 @@ class BuiltinEngine:
             assert job.source is not None
             width, height = job.source.size
             return (
-                fit_size(width, height, self.pixels, INTERNAL_MULTIPLE),
-                fit_size(width, height, self.output_pixels, OUTPUT_MULTIPLE),
+                fit_size(width, height, self.pixels, INTERNAL_MULTIPLE, min_pixels=self.pixels // 4),
+                fit_size(
+                    width, height, self.output_pixels, OUTPUT_MULTIPLE, min_pixels=self.output_pixels // 4
+                ),
             )
         assert job.aspect_ratio is not None
         return (

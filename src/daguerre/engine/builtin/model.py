@@ -23,6 +23,7 @@ the text encoder predicted.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -179,7 +180,13 @@ class LayoutModel(ModelMixin, ConfigMixin):
         )
         return torch.cat([objects, background], dim=1)
 
-    def loss(self, prediction: LayoutPrediction, target: Layout) -> dict[str, torch.Tensor]:
+    def loss(
+        self, prediction: LayoutPrediction, target: Layout, match: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Supervised layout losses. With `match`, the target objects are first assigned to the slots
+        that predict them best (set prediction, as in DETR), so the slots need no fixed order."""
+        if match:
+            target = matched(prediction, target)
         exists = target.exists.float()
         present = exists.bool()
         terms = {
@@ -197,6 +204,30 @@ class LayoutModel(ModelMixin, ConfigMixin):
                 math.sqrt(2 * math.pi)
             )
         return terms
+
+
+_PERMUTATIONS = torch.tensor(list(itertools.permutations(range(SLOTS))))
+
+
+@torch.no_grad()
+def matched(prediction: LayoutPrediction, target: Layout) -> Layout:
+    """The target with its objects moved to the slot permutation of lowest cost (all SLOTS! tried)."""
+    fields = ("exists", "shape", "colour", "x", "y", "radius")
+    shape_logp = prediction.shape_logits.log_softmax(-1)
+    colour_logp = prediction.colour_logits.log_softmax(-1)
+    costs = []
+    for permutation in _PERMUTATIONS:
+        t = {name: getattr(target, name)[:, permutation] for name in fields}
+        exists = t["exists"].float()
+        cost = F.binary_cross_entropy_with_logits(prediction.exists_logit, exists, reduction="none")
+        cost = cost - exists * shape_logp.gather(-1, t["shape"][..., None]).squeeze(-1)
+        cost = cost - exists * colour_logp.gather(-1, t["colour"][..., None]).squeeze(-1)
+        geometry = torch.stack([t["x"], t["y"], t["radius"]], dim=-1)
+        distance = ((geometry - prediction.geometry_mean) / prediction.geometry_log_std.exp()).pow(2).sum(-1)
+        costs.append((cost + exists * 0.5 * distance).sum(-1))
+    best = _PERMUTATIONS[torch.stack(costs, dim=-1).argmin(-1)]  # (B, SLOTS)
+    moved = {name: getattr(target, name).gather(1, best) for name in fields}
+    return Layout(**moved, background=target.background)
 
 
 def denoiser_input(noisy: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:

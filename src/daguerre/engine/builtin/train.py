@@ -172,7 +172,8 @@ def layout_losses(pipe: BuiltinPipeline, batch: dict[str, Any]) -> dict[str, tor
         pipe.encode(batch["instructions"], batch["edit_ratios"], torch.stack(batch["sources"]))
     )
     losses = {f"t2i_{k}": v for k, v in pipe.layout.loss(text, batch["caption_layout"]).items()}
-    losses.update({f"edit_{k}": v for k, v in pipe.layout.loss(edits, batch["edit_layout"]).items()})
+    edit_terms = pipe.layout.loss(edits, batch["edit_layout"], match=True)
+    losses.update({f"edit_{k}": v for k, v in edit_terms.items()})
     return losses
 
 

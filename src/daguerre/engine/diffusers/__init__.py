@@ -1,21 +1,34 @@
-"""The diffusers adapter: any text-to-image `DiffusionPipeline`, driven by a ModelSpec.
+"""The diffusers adapter: text-to-image and instruction edits with any `DiffusionPipeline`.
 
-The pipeline is loaded once (from a local folder or the Hugging Face cache; downloads only when the
-deployment allows them) and reused for every job. Progress and cancellation go through
-`callback_on_step_end`: the worker's step hook may raise `Cancelled`, which leaves the pipeline at
-once, before the VAE decode.
+A model's pipeline (`pipeline`, `weights`) is loaded once and reused for every job. Edits use:
+
+* the same pipeline with `image=` when it takes an image (unified pipelines such as FLUX.2 [klein]:
+  one warm pipeline serves both types), unless
+* `edit_pipeline` (and optionally `edit_weights`) names a separate edit pipeline (Qwen-Image-Edit,
+  InstructPix2Pix), loaded on the first edit.
+
+Edits keep the source's aspect ratio: the output is the source's size rounded to the model's
+multiple, scaled down to the model's size class when larger. With `references = true`, `image_ref`
+images are passed as extra images to pipelines whose `image` argument takes a list; otherwise they
+are not used (which the models configuration documents).
+
+Weights come from a local folder or the Hugging Face cache; downloads only when the deployment
+allows them. Progress and cancellation go through `callback_on_step_end`: the worker's step hook
+may raise `Cancelled`, which leaves the pipeline at once, before the VAE decode.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daguerre.engine.base import EngineJob, StepHook
 from daguerre.engine.config import ModelSpec
 from daguerre.errors import JobFailure
+from daguerre.sizing import fit_size
 from daguerre.wire import FailureCode, GenerationType
 
 if TYPE_CHECKING:
@@ -28,8 +41,7 @@ def _is_local(weights: str) -> bool:
     return weights.startswith(("/", ".", "~")) or Path(weights).exists()
 
 
-def missing_weights_reason(spec: ModelSpec) -> str:
-    weights = spec.weights or ""
+def missing_weights_reason(name: str, weights: str) -> str:
     if _is_local(weights):
         where = f"the folder {weights} does not hold a diffusers pipeline (model_index.json)"
         fix = "point `weights` in the models file at a folder written by `save_pretrained`"
@@ -39,98 +51,164 @@ def missing_weights_reason(spec: ModelSpec) -> str:
             f"download it first (`hf download {weights}`), point `weights` in the models file at a "
             "local folder, or set DAGUERRE_ALLOW_DOWNLOADS=1 to fetch it on first use"
         )
-    return f"Model '{spec.name}' has no weights: {where}; {fix}."
+    return f"Model '{name}' has no weights: {where}; {fix}."
+
+
+def load_pipeline(name: str, class_name: str, weights: str, spec: ModelSpec, allow_downloads: bool) -> Any:
+    """A diffusers pipeline on the spec's device, or a JobFailure saying what is missing."""
+    import diffusers
+    import torch
+    import transformers
+
+    pipeline_class: Any = getattr(diffusers, class_name, None)
+    if not (inspect.isclass(pipeline_class) and issubclass(pipeline_class, diffusers.DiffusionPipeline)):
+        raise JobFailure(
+            FailureCode.GENERATION_FAILED, f"Model '{name}': {class_name!r} is not a diffusers pipeline class"
+        )
+    diffusers.utils.logging.disable_progress_bar()  # no tqdm bars in a server's log
+    transformers.utils.logging.disable_progress_bar()
+    device = _device(spec.device, torch)
+    dtype = _dtype(spec.dtype, device, torch)
+    if _is_local(weights) and not (Path(weights).expanduser() / "model_index.json").is_file():
+        raise JobFailure(FailureCode.GENERATION_FAILED, missing_weights_reason(name, weights))
+    try:
+        loader: Any = pipeline_class  # (the issubclass check above narrows it to type[object])
+        pipe = loader.from_pretrained(
+            str(Path(weights).expanduser()) if _is_local(weights) else weights,
+            revision=spec.revision,
+            dtype=dtype,
+            local_files_only=not allow_downloads,
+        )
+    except OSError as exc:  # what diffusers and huggingface_hub raise for files that are not there
+        log.warning("loading %s failed: %s", name, exc)
+        raise JobFailure(FailureCode.GENERATION_FAILED, missing_weights_reason(name, weights)) from exc
+    except Exception as exc:
+        log.exception("loading %s failed", name)
+        raise JobFailure(
+            FailureCode.GENERATION_FAILED, f"Model '{name}' could not be loaded from {weights}: {exc}"
+        ) from exc
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    log.info("loaded %s: %s from %s on %s (%s)", name, class_name, weights, device, dtype)
+    return pipe
+
+
+def _parameters(pipe: Any) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(pipe.__call__).parameters)
+
+
+def _takes_image_list(parameter: inspect.Parameter | None) -> bool:
+    return parameter is not None and "list" in str(parameter.annotation)
 
 
 class DiffusersEngine:
-    """A loaded diffusers pipeline serving one public model name."""
+    """Loaded diffusers pipelines serving one public model name."""
 
     def __init__(self, spec: ModelSpec, *, allow_downloads: bool = False) -> None:
-        import diffusers
         import torch
 
+        assert spec.pipeline is not None and spec.weights is not None
         self.spec = spec
-        pipeline_class: Any = getattr(diffusers, spec.pipeline or "", None)
-        if not (inspect.isclass(pipeline_class) and issubclass(pipeline_class, diffusers.DiffusionPipeline)):
-            raise JobFailure(
-                FailureCode.GENERATION_FAILED,
-                f"Model '{spec.name}': {spec.pipeline!r} is not a diffusers pipeline class",
-            )
-        import transformers
-
-        diffusers.utils.logging.disable_progress_bar()  # no tqdm bars in a server's log
-        transformers.utils.logging.disable_progress_bar()
-        self.device = _device(spec.device, torch)
-        dtype = _dtype(spec.dtype, self.device, torch)
-        weights = spec.weights or ""
-        if _is_local(weights) and not (Path(weights).expanduser() / "model_index.json").is_file():
-            raise JobFailure(FailureCode.GENERATION_FAILED, missing_weights_reason(spec))
-        try:
-            loader: Any = pipeline_class  # (the issubclass check above narrows it to type[object])
-            self.pipe = loader.from_pretrained(
-                str(Path(weights).expanduser()) if _is_local(weights) else weights,
-                revision=spec.revision,
-                dtype=dtype,
-                local_files_only=not allow_downloads,
-            )
-        except OSError as exc:  # what diffusers and huggingface_hub raise for files that are not there
-            log.warning("loading %s failed: %s", spec.name, exc)
-            raise JobFailure(FailureCode.GENERATION_FAILED, missing_weights_reason(spec)) from exc
-        except Exception as exc:
-            log.exception("loading %s failed", spec.name)
-            raise JobFailure(
-                FailureCode.GENERATION_FAILED,
-                f"Model '{spec.name}' could not be loaded from {spec.weights}: {exc}",
-            ) from exc
-        self.pipe.to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
-        parameters = inspect.signature(self.pipe.__call__).parameters
-        self._has_callback = "callback_on_step_end" in parameters
+        self._allow_downloads = allow_downloads
         self._torch = torch
-        log.info(
-            "loaded %s: %s from %s on %s (%s)", spec.name, spec.pipeline, spec.weights, self.device, dtype
-        )
+        self.pipe = load_pipeline(spec.name, spec.pipeline, spec.weights, spec, allow_downloads)
+        self._edit_pipe: Any = None
+        self._edit_lock = threading.Lock()
+
+    def _edit_pipeline(self) -> Any:
+        """The pipeline that serves edits: the separate edit pipeline, or the main one if it takes images."""
+        if self.spec.edit_pipeline is None:
+            if "image" not in _parameters(self.pipe):
+                raise JobFailure(
+                    FailureCode.INVALID_REQUEST,
+                    f"Model '{self.spec.name}' is configured with {self.spec.pipeline}, which does not do image_edit",
+                )
+            return self.pipe
+        with self._edit_lock:
+            if self._edit_pipe is None:
+                weights = self.spec.edit_weights or self.spec.weights or ""
+                self._edit_pipe = load_pipeline(
+                    self.spec.name, self.spec.edit_pipeline, weights, self.spec, self._allow_downloads
+                )
+            return self._edit_pipe
 
     def generate(self, job: EngineJob, on_step: StepHook) -> Image.Image:
-        if job.type != GenerationType.IMAGE:
-            raise JobFailure(
-                FailureCode.INVALID_REQUEST,
-                f"Model '{self.spec.name}' is configured with {self.spec.pipeline}, which does not do "
-                f"{job.type.value}",
-            )
-        assert job.aspect_ratio is not None
-        width, height = self.spec.size_for(job.aspect_ratio)
+        spec = self.spec
         prompt = job.prompt
-        suffix = self.spec.style_prompts.get(job.style)
+        suffix = spec.style_prompts.get(job.style)
         if suffix:
             prompt = f"{prompt}, {suffix}"
+        if job.type == GenerationType.IMAGE_EDIT:
+            assert job.source is not None
+            pipe = self._edit_pipeline()
+            width, height = fit_size(
+                *job.source.size, spec.pixels, spec.multiple, min_pixels=spec.pixels // 4
+            )
+            steps = spec.edit_steps or spec.steps
+            guidance = (
+                spec.edit_guidance_scale if spec.edit_guidance_scale is not None else spec.guidance_scale
+            )
+            extra = {**spec.call, **spec.edit_call} if pipe is self.pipe else dict(spec.edit_call)
+        else:
+            assert job.aspect_ratio is not None
+            pipe = self.pipe
+            width, height = spec.size_for(job.aspect_ratio)
+            steps, guidance, extra = spec.steps, spec.guidance_scale, dict(spec.call)
+        parameters = _parameters(pipe)
         kwargs: dict[str, Any] = {
             "prompt": prompt,
-            "width": width,
-            "height": height,
-            "num_inference_steps": self.spec.steps,
+            "num_inference_steps": steps,
             "generator": self._torch.Generator("cpu").manual_seed(job.seed),
             "output_type": "pil",
-            **self.spec.call,
+            **extra,
         }
-        if self.spec.guidance_scale is not None:
-            kwargs["guidance_scale"] = self.spec.guidance_scale
-        if self._has_callback:
+        if "width" in parameters:
+            kwargs["width"], kwargs["height"] = width, height
+        if guidance is not None:
+            kwargs["guidance_scale"] = guidance
+        images = self._images(job, parameters, (width, height))
+        if images is not None:
+            kwargs["image"] = images
+        if "callback_on_step_end" in parameters:
 
             def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-                on_step(step + 1, int(getattr(pipe, "num_timesteps", self.spec.steps) or self.spec.steps))
+                on_step(step + 1, int(getattr(pipe, "num_timesteps", steps) or steps))
                 return tensors
 
             kwargs["callback_on_step_end"] = callback
         try:
             with self._torch.inference_mode():
-                images = self.pipe(**kwargs).images
+                result = pipe(**kwargs).images
         except self._torch.OutOfMemoryError as exc:
             raise JobFailure(
                 FailureCode.GENERATION_FAILED, f"Generation failed: out of memory at {width}x{height}"
             ) from exc
-        image: Image.Image = images[0]
+        except ValueError as exc:  # diffusers' check_inputs: the message names the argument
+            raise JobFailure(FailureCode.GENERATION_FAILED, f"Generation failed: {exc}") from exc
+        image: Image.Image = result[0]
+        if image.size != (width, height):
+            from PIL import Image as PILImage
+
+            image = image.resize((width, height), PILImage.Resampling.LANCZOS)
         return image
+
+    def _images(self, job: EngineJob, parameters: dict[str, inspect.Parameter], size: tuple[int, int]) -> Any:
+        """What goes to the pipeline's `image` argument: the source at the output size, plus the
+        references when the model uses them."""
+        from PIL import Image as PILImage
+
+        references = list(job.references) if self.spec.references else []
+        source = job.source
+        if source is not None and source.size != size:
+            source = source.resize(size, PILImage.Resampling.LANCZOS)  # pipelines draw at the source's size
+        images = ([source] if source is not None else []) + references
+        if not images or "image" not in parameters:
+            return None
+        if len(images) == 1 and not references:
+            return images[0]
+        if not _takes_image_list(parameters["image"]):
+            return images[0]
+        return images
 
 
 def _device(name: str, torch: Any) -> str:
