@@ -121,7 +121,8 @@ class DiffusersEngine:
             if "image" not in _parameters(self.pipe):
                 raise JobFailure(
                     FailureCode.INVALID_REQUEST,
-                    f"Model '{self.spec.name}' is configured with {self.spec.pipeline}, which does not do image_edit",
+                    f"Model '{self.spec.name}' is configured with {self.spec.pipeline}, "
+                    "which does not do image_edit",
                 )
             return self.pipe
         with self._edit_lock:
