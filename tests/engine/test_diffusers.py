@@ -150,8 +150,11 @@ def test_invalid_models_files_are_explained(tmp_path, tables, message):
     assert message in str(error.value)
 
 
-def test_the_default_models_file_maps_to_the_production_models():
-    specs = load_models_file()
-    assert specs["uni-1"].pipeline == "Flux2KleinPipeline"
+def test_the_production_example_maps_to_the_documented_models():
+    from pathlib import Path
+
+    specs = load_models_file(Path(__file__).parents[2] / "examples" / "models.production.toml")
+    assert (specs["uni-1"].pipeline, specs["uni-1"].edit_pipeline) == ("Flux2KleinPipeline", None)
     assert specs["uni-1-max"].pipeline == "QwenImagePipeline"
+    assert specs["uni-1-max"].edit_pipeline == "QwenImageEditPlusPipeline"
     assert specs["uni-1"].size_for("16:9") == (1360, 768)
