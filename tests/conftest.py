@@ -34,7 +34,15 @@ def models_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path, models_file: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", models_file=models_file, workers=0, lease_s=30)
+    # Generous limits: tests of the limits themselves set their own.
+    return Settings(
+        data_dir=tmp_path / "data",
+        models_file=models_file,
+        workers=0,
+        lease_s=30,
+        default_rpm=100_000,
+        default_concurrency=100_000,
+    )
 
 
 @pytest.fixture

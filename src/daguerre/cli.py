@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+accounts_app = typer.Typer(help="Accounts: balances, limits, suspension.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
 
 FIRST_ACCOUNT = "local"
 
@@ -238,6 +240,150 @@ def keys_revoke(
         typer.echo(f"no single key matches {key!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key}")
+
+
+# accounts --------------------------------------------------------------------------------------
+
+AccountArg = Annotated[str, typer.Argument(help="Account name or id.")]
+
+
+def _account_action(
+    settings_config: Path | None, data_dir: Path | None, name: str, action: Callable[[Store, str], None]
+) -> None:
+    from daguerre.store.accounts import AccountNotFound
+
+    settings = _settings(settings_config, data_dir=data_dir)
+    store = _open_store(settings)
+    try:
+        action(store, store.accounts.get(name).id)
+    except AccountNotFound:
+        typer.echo(f"no account {name!r}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: Annotated[str, typer.Argument(help="A unique name.")],
+    balance: Annotated[str | None, typer.Option(help="Make it metered with this balance in dollars.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create an account: unmetered, or metered with --balance (then each generation is charged)."""
+    from daguerre.pricing import micro_dollars
+
+    settings = _settings(config, data_dir=data_dir)
+    store = _open_store(settings)
+    account = store.accounts.create(name, balance=micro_dollars(balance) if balance is not None else None)
+    store.close()
+    typer.echo(f"created account '{account.name}' ({account.id})")
+
+
+@accounts_app.command("list")
+def accounts_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Accounts with their status, balance, holds, spend this month and limits."""
+    from daguerre.pricing import dollars
+
+    settings = _settings(config, data_dir=data_dir)
+    store = _open_store(settings)
+    columns = ("NAME", "STATUS", "BALANCE", "HELD", "SPENT/MONTH", "CAP", "RPM", "JOBS")
+    widths = (16, 11, 12, 10, 12, 10, 5, 5)
+    typer.echo(
+        "  ".join(
+            f"{c:{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(columns, widths, strict=True))
+        )
+    )
+    for account in store.accounts.all():
+        balance = dollars(account.balance) if account.metered else "unmetered"
+        cap = dollars(account.spend_cap) if account.spend_cap is not None else "-"
+        rpm = account.rpm_limit or settings.default_rpm
+        jobs = account.concurrency_limit or settings.default_concurrency
+        typer.echo(
+            f"{account.name:16}  {account.status.value:11}  {balance:>12}  {dollars(account.reserved):>10}  "
+            f"{dollars(store.accounts.spent_this_month(account.id)):>12}  {cap:>10}  {rpm:>5}  {jobs:>5}"
+        )
+    store.close()
+
+
+@accounts_app.command("set-balance")
+def accounts_set_balance(
+    name: AccountArg,
+    amount: Annotated[str | None, typer.Argument(help="Dollars, e.g. 25 or 12.50.")] = None,
+    unmetered: Annotated[bool, typer.Option("--unmetered", help="Stop charging this account.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Set the balance (the account becomes metered), or make it unmetered."""
+    from daguerre.pricing import micro_dollars
+
+    if (amount is None) == (not unmetered):
+        typer.echo("give an amount or --unmetered", err=True)
+        raise typer.Exit(2)
+    value = None if unmetered else micro_dollars(amount or 0)
+    _account_action(
+        config, data_dir, name, lambda store, account_id: store.accounts.set_balance(account_id, value)
+    )
+    typer.echo(f"{name}: " + ("unmetered" if value is None else f"balance set to ${amount}"))
+
+
+@accounts_app.command("set-limits")
+def accounts_set_limits(
+    name: AccountArg,
+    rpm: Annotated[int | None, typer.Option(help="Creates per minute (0: the default).")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Generations not yet finished (0: the default).")
+    ] = None,
+    spend_cap: Annotated[
+        str | None, typer.Option(help="Dollars per calendar month ('none': no cap).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Per-account limits; generations waiting when a lowered cap is reached end as budget_exhausted."""
+    from daguerre.pricing import micro_dollars
+
+    limits: dict[str, int | None] = {}
+    if rpm is not None:
+        limits["rpm_limit"] = rpm or None
+    if concurrency is not None:
+        limits["concurrency_limit"] = concurrency or None
+    if spend_cap is not None:
+        limits["spend_cap"] = None if spend_cap.lower() == "none" else micro_dollars(spend_cap)
+    if not limits:
+        typer.echo("nothing to set: give --rpm, --concurrency or --spend-cap", err=True)
+        raise typer.Exit(2)
+    _account_action(
+        config, data_dir, name, lambda store, account_id: store.accounts.set_limits(account_id, **limits)
+    )
+    typer.echo(f"{name}: limits updated")
+
+
+@accounts_app.command("suspend")
+def accounts_suspend(name: AccountArg, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Suspend: every request gets 403 `API client is suspended` until reactivated."""
+    from daguerre.store.accounts import AccountStatus
+
+    _account_action(config, data_dir, name, lambda s, a: s.accounts.set_status(a, AccountStatus.SUSPENDED))
+    typer.echo(f"{name}: suspended")
+
+
+@accounts_app.command("deactivate")
+def accounts_deactivate(name: AccountArg, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Deactivate: every request gets 403 `API client is deactivated`."""
+    from daguerre.store.accounts import AccountStatus
+
+    _account_action(config, data_dir, name, lambda s, a: s.accounts.set_status(a, AccountStatus.DEACTIVATED))
+    typer.echo(f"{name}: deactivated")
+
+
+@accounts_app.command("reactivate")
+def accounts_reactivate(name: AccountArg, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """Make a suspended or deactivated account active again."""
+    from daguerre.store.accounts import AccountStatus
+
+    _account_action(config, data_dir, name, lambda s, a: s.accounts.set_status(a, AccountStatus.ACTIVE))
+    typer.echo(f"{name}: active")
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from daguerre.wire import MAX_IMAGE_REFS, MAX_INPUT_IMAGE_BYTES
+from daguerre.wire import MAX_IMAGE_REFS, MAX_INPUT_IMAGE_BYTES, MODELS
 
 CONFIG_FILE_NAME = "daguerre.toml"
 _config_file: ContextVar[Path | None] = ContextVar("daguerre_config_file", default=None)
@@ -64,6 +64,18 @@ class Settings(BaseSettings):
     allow_downloads: bool = False
     """Let engines download missing weights from the Hugging Face Hub on first use."""
 
+    prices: dict[str, int] = Field(default_factory=lambda: {"uni-1": 40_400, "uni-1-max": 100_000})
+    """Base price per model in micro-dollars (Luma's: $0.0404 and $0.1000)."""
+    price_per_input: int = Field(default=3_000, ge=0)
+    """Added per input image (the source of an edit counts as one), in micro-dollars ($0.0030)."""
+    default_rpm: int = Field(default=30, ge=1)
+    """Creates per minute per account (sliding window), unless the account has its own limit."""
+    default_concurrency: int = Field(default=10, ge=1)
+    """Generations per account not yet completed or failed, unless the account has its own limit."""
+    rate_limit_window_s: int = Field(default=60, ge=1, le=3600)
+    """The sliding window of the per-minute limit (Luma: 60 s; shorter only for tests)."""
+    rate_limit_storage: str = "memory://"
+    """Where request counts live: memory:// for one API process, redis://host:port/db for several."""
     key_cache_s: float = Field(default=2.0, ge=0)
     """How long an API process trusts a successful key lookup; revoking a key or suspending an
     account reaches other processes within this time (at once in the process that made the change)."""
@@ -96,6 +108,14 @@ class Settings(BaseSettings):
     reap_interval_s: float = Field(default=5.0, gt=0)
     worker_id: str | None = None
     log_level: str = "info"
+
+    @field_validator("prices")
+    @classmethod
+    def _every_model_priced(cls, value: dict[str, int]) -> dict[str, int]:
+        missing = [m for m in MODELS if m not in value]
+        if missing:
+            raise ValueError(f"no price for {', '.join(missing)}")
+        return value
 
     @field_validator("log_level")
     @classmethod

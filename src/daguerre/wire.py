@@ -338,6 +338,37 @@ class FileList(BaseModel):
     next_cursor: str | None = None
 
 
+USAGE_GROUPS: tuple[str, ...] = ("model", "user_id", "day")
+
+
+class UsageCounts(BaseModel):
+    total: int = 0
+    queued: int = 0
+    processing: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class UsageGroup(BaseModel):
+    group: str | None = Field(
+        description="The model, the user_id (null: none given) or the day (YYYY-MM-DD, UTC)"
+    )
+    generations: UsageCounts
+    spend_micro_usd: int = Field(description="Captured charges, in micro-dollars")
+
+
+class UsageReport(BaseModel):
+    """GET /v1/usage (daguerre's design): the caller's generations created in [from, to)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str = Field(alias="from")
+    to: str
+    group_by: str
+    data: list[UsageGroup]
+    total: UsageGroup
+
+
 class ErrorBody(BaseModel):
     """Every error body on every endpoint."""
 

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from daguerre import __version__
 from daguerre.api import blobs as blob_routes
-from daguerre.api import files, generations
+from daguerre.api import files, generations, usage
 from daguerre.api.deps import Services
 from daguerre.api.files import maintain_files
 from daguerre.api.middleware import BodySizeLimitMiddleware, HeadersMiddleware
@@ -69,6 +69,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
 
     app.include_router(generations.router)
     app.include_router(files.router)
+    app.include_router(usage.router)
     if isinstance(blobs, LocalBlobStore):
         app.include_router(blob_routes.router)
 

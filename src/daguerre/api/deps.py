@@ -17,6 +17,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from daguerre.api.ratelimit import RequestRateLimiter
 from daguerre.blobs import BlobStore
 from daguerre.errors import ApiError
 from daguerre.fetch import UrlPolicy
@@ -39,6 +40,7 @@ class Services:
     store: Store
     blobs: BlobStore
     url_policy: UrlPolicy
+    limiter: RequestRateLimiter
 
     @classmethod
     def build(cls, settings: Settings, store: Store, blobs: BlobStore) -> Services:
@@ -49,7 +51,8 @@ class Services:
             timeout_s=settings.url_timeout_s,
             ca_bundle=str(settings.url_ca_bundle) if settings.url_ca_bundle else None,
         )
-        return cls(settings=settings, store=store, blobs=blobs, url_policy=policy)
+        limiter = RequestRateLimiter(settings.rate_limit_storage, settings.rate_limit_window_s)
+        return cls(settings=settings, store=store, blobs=blobs, url_policy=policy, limiter=limiter)
 
 
 def services(request: Request) -> Services:
@@ -59,10 +62,13 @@ def services(request: Request) -> Services:
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated account behind a request."""
+    """The authenticated account behind a request, with what its creates are held to."""
 
     account_id: str
     key_id: str
+    metered: bool = False
+    rpm_limit: int | None = None
+    concurrency_limit: int | None = None
 
 
 async def authenticate(request: Request) -> Caller:
@@ -89,7 +95,13 @@ async def authenticate(request: Request) -> Caller:
         raise ApiError(403, Detail.SUSPENDED)
     if match.account_status == AccountStatus.DEACTIVATED:
         raise ApiError(403, Detail.DEACTIVATED)
-    return Caller(account_id=match.account_id, key_id=match.key_id)
+    return Caller(
+        account_id=match.account_id,
+        key_id=match.key_id,
+        metered=match.metered,
+        rpm_limit=match.rpm_limit,
+        concurrency_limit=match.concurrency_limit,
+    )
 
 
 async def read(store: Store, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -78,7 +78,7 @@ class JSONModelResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return content.model_dump_json().encode()  # type: ignore[no-any-return]
+        return content.model_dump_json(by_alias=True).encode()  # type: ignore[no-any-return]
 
 
 def _own_file(request: Request, caller_account: str, file_id: str) -> FileRecord:

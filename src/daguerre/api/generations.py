@@ -12,13 +12,15 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
+from daguerre import pricing
 from daguerre.api.deps import CallerDep, JsonBody, base_url, read, services
 from daguerre.api.ingest import ingest_inputs
 from daguerre.blobs import BlobStore
 from daguerre.errors import ApiError
 from daguerre.sizing import pick_aspect_ratio
-from daguerre.store.generations import GenerationRecord, NewGeneration
+from daguerre.store.generations import GenerationRecord, NewGeneration, Refusal
 from daguerre.validation import parse_generation_create
 from daguerre.wire import (
     OUTPUT_URL_TTL_S,
@@ -40,9 +42,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "Invalid parameters",
         401: "Missing or bad API key",
+        402: "Insufficient balance; nothing queued, nothing charged",
         403: "Account suspended or deactivated",
         413: "Request body or an input image too large",
         422: "Bad media data",
+        429: "Rate limit exceeded or too many concurrent jobs",
         503: "URL ingestion unavailable",
     }.items()
 }
@@ -95,12 +99,26 @@ class GenerationResponse(Response):
 async def create_generation(request: Request, caller: CallerDep, body: JsonBody) -> GenerationResponse:
     """Validate the request, store its input images and queue it; answers with state `queued`.
 
-    Everything here is CPU-light except input images (decoded and stored in the thread pool) and
-    the insert, which is handed to the store's group committer and awaited without a thread."""
-    settings, store, blobs = services(request).settings, services(request).store, services(request).blobs
+    Checks, in order: the body (400), requests per minute (429), concurrent jobs (429), the
+    balance (402, a cheap early look), the input images (413 / 422 / 503), and then one transaction
+    that counts the concurrent jobs again, holds the price and inserts the row. Everything here is
+    CPU-light except input images (decoded and stored in the thread pool) and the insert, which the
+    store's group committer runs; it is awaited without a thread."""
+    svc = services(request)
+    settings, store, blobs = svc.settings, svc.store, svc.blobs
     create = parse_generation_create(body)
+    decision = await svc.limiter.hit(caller.account_id, caller.rpm_limit or settings.default_rpm)
+    if decision is not None and not decision.allowed:
+        raise ApiError(429, Detail.RATE_LIMITED, decision.headers())
+    concurrency = caller.concurrency_limit or settings.default_concurrency
+    if await read(store, store.generations.count_active, caller.account_id) >= concurrency:
+        raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
+    inputs = (1 if create.source is not None else 0) + len(create.image_ref or [])
+    price = pricing.price(settings, create.model, inputs)
+    if caller.metered and (await read(store, store.accounts.get, caller.account_id)).available < price:
+        raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
     generation_id = str(uuid.uuid4())
-    input_keys = await ingest_inputs(create, generation_id, caller.account_id, services(request))
+    input_keys = await ingest_inputs(create, generation_id, caller.account_id, svc)
     aspect_ratio = None
     if create.type == GenerationType.IMAGE:
         aspect_ratio = create.aspect_ratio or pick_aspect_ratio(create.prompt, create.style)
@@ -112,10 +130,26 @@ async def create_generation(request: Request, caller: CallerDep, body: JsonBody)
             aspect_ratio=aspect_ratio,
             input_keys=input_keys,
             max_attempts=settings.max_attempts,
+            price=price,
+            metered=caller.metered,
+            concurrency_limit=concurrency,
         )
     )
-    record = await asyncio.wrap_future(created)
-    return GenerationResponse(to_wire(record, blobs, base_url(request)), status_code=201)
+    outcome = await asyncio.wrap_future(created)
+    if isinstance(outcome, Refusal):
+        await run_in_threadpool(_drop_inputs, blobs, generation_id, input_keys)
+        if outcome == Refusal.CONCURRENCY:
+            raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
+        raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
+    headers = decision.headers() if decision is not None else None
+    return GenerationResponse(to_wire(outcome, blobs, base_url(request)), status_code=201, headers=headers)
+
+
+def _drop_inputs(blobs: BlobStore, generation_id: str, keys: tuple[str, ...]) -> None:
+    """Remove the input blobs stored for a create that was refused (reused keys are not ours)."""
+    for key in keys:
+        if key.startswith(f"inputs/{generation_id}/"):
+            blobs.delete(key)
 
 
 @router.get(

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from daguerre.store.clock import utcnow
 from daguerre.store.db import Database
-from daguerre.store.schema import accounts, api_keys
+from daguerre.store.schema import accounts, api_keys, ledger
 from daguerre.wire import KEY_PREFIX
 
 KEY_RANDOM_BYTES = 32
@@ -32,6 +32,19 @@ class Account:
     name: str
     status: AccountStatus
     created_at: datetime
+    metered: bool = False
+    balance: int = 0
+    """Micro-dollars; only meaningful when metered."""
+    reserved: int = 0
+    """Micro-dollars held for generations not yet settled."""
+    spend_cap: int | None = None
+    """Most the account may spend per calendar month (UTC), in micro-dollars; None: no cap."""
+    rpm_limit: int | None = None
+    concurrency_limit: int | None = None
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.reserved
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class KeyMatch:
-    """What a key lookup finds: the key's hash and state, and its account's status."""
+    """What a key lookup finds: the key's hash and state, its account's status and limits."""
 
     key_id: str
     key_hash: str
@@ -58,6 +71,9 @@ class KeyMatch:
     account_status: AccountStatus
     expires_at: datetime | None
     revoked_at: datetime | None
+    metered: bool = False
+    rpm_limit: int | None = None
+    concurrency_limit: int | None = None
 
 
 class AccountNotFound(LookupError):
@@ -89,12 +105,25 @@ class AccountStore:
 
     # Accounts --------------------------------------------------------------------------------
 
-    def create(self, name: str) -> Account:
-        account = Account(id=str(uuid.uuid4()), name=name, status=AccountStatus.ACTIVE, created_at=utcnow())
+    def create(self, name: str, balance: int | None = None) -> Account:
+        """A new active account: metered with `balance` micro-dollars, or unmetered when None."""
+        account = Account(
+            id=str(uuid.uuid4()),
+            name=name,
+            status=AccountStatus.ACTIVE,
+            created_at=utcnow(),
+            metered=balance is not None,
+            balance=balance or 0,
+        )
         with self._db.write() as conn:
             conn.execute(
                 accounts.insert().values(
-                    id=account.id, name=account.name, status=account.status, created_at=account.created_at
+                    id=account.id,
+                    name=account.name,
+                    status=account.status,
+                    created_at=account.created_at,
+                    metered=account.metered,
+                    balance=account.balance,
                 )
             )
         return account
@@ -118,11 +147,44 @@ class AccountStore:
             return int(conn.execute(sa.select(sa.func.count()).select_from(accounts)).scalar_one())
 
     def set_status(self, account_id: str, status: AccountStatus) -> None:
+        self._update(account_id, status=status)
+
+    def set_balance(self, account_id: str, balance: int | None) -> None:
+        """Make the account metered with this balance (micro-dollars), or unmetered with None.
+        Money held for running generations stays held."""
+        if balance is None:
+            self._update(account_id, metered=False)
+        else:
+            self._update(account_id, metered=True, balance=balance)
+
+    def set_limits(self, account_id: str, **limits: int | None) -> None:
+        """Set rpm_limit, concurrency_limit and spend_cap (None: back to the default / no cap)."""
+        unknown = set(limits) - {"rpm_limit", "concurrency_limit", "spend_cap"}
+        if unknown:
+            raise TypeError(f"unknown limits: {', '.join(sorted(unknown))}")
+        self._update(account_id, **limits)
+
+    def _update(self, account_id: str, **values: object) -> None:
         self._forget_keys()
         with self._db.write() as conn:
-            result = conn.execute(accounts.update().where(accounts.c.id == account_id).values(status=status))
+            result = conn.execute(accounts.update().where(accounts.c.id == account_id).values(**values))
         if result.rowcount == 0:
             raise AccountNotFound(account_id)
+
+    def within_spend_cap(self, account_id: str, price: int) -> bool:
+        """Whether charging `price` keeps the account within its monthly spending cap (if it has
+        one). Checked when a worker claims a job: captures made while the job waited, or a cap an
+        admin lowered meanwhile, turn it into budget_exhausted."""
+        with self._db.read() as conn:
+            cap = conn.execute(sa.select(accounts.c.spend_cap).where(accounts.c.id == account_id)).scalar()
+            if cap is None:
+                return True
+            return spent_since(conn, account_id, month_start()) + price <= int(cap)
+
+    def spent_this_month(self, account_id: str) -> int:
+        """Captured micro-dollars since the start of the current calendar month (UTC)."""
+        with self._db.read() as conn:
+            return spent_since(conn, account_id, month_start())
 
     # Keys ------------------------------------------------------------------------------------
 
@@ -221,7 +283,22 @@ class AccountStore:
             account_status=AccountStatus(row["status"]),
             expires_at=row["expires_at"],
             revoked_at=row["revoked_at"],
+            metered=bool(row["metered"]),
+            rpm_limit=row["rpm_limit"],
+            concurrency_limit=row["concurrency_limit"],
         )
+
+
+def month_start(moment: datetime | None = None) -> datetime:
+    moment = moment or utcnow()
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def spent_since(conn: sa.Connection, account_id: str, since: datetime) -> int:
+    query = sa.select(sa.func.coalesce(sa.func.sum(ledger.c.amount), 0)).where(
+        ledger.c.account_id == account_id, ledger.c.kind == "capture", ledger.c.created_at >= since
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 _FIND_KEY = (
@@ -232,6 +309,9 @@ _FIND_KEY = (
         api_keys.c.expires_at,
         api_keys.c.revoked_at,
         accounts.c.status,
+        accounts.c.metered,
+        accounts.c.rpm_limit,
+        accounts.c.concurrency_limit,
     )
     .join(accounts)
     .where(api_keys.c.key_hash == sa.bindparam("key_hash"))
@@ -240,5 +320,14 @@ _FIND_KEY = (
 
 def _account(row: sa.Row[tuple[object, ...]]) -> Account:
     return Account(
-        id=str(row.id), name=str(row.name), status=AccountStatus(row.status), created_at=row.created_at
+        id=str(row.id),
+        name=str(row.name),
+        status=AccountStatus(row.status),
+        created_at=row.created_at,
+        metered=bool(row.metered),
+        balance=int(row.balance),
+        reserved=int(row.reserved),
+        spend_cap=row.spend_cap,
+        rpm_limit=row.rpm_limit,
+        concurrency_limit=row.concurrency_limit,
     )

@@ -250,9 +250,11 @@ class _FastSQLite:
     def _compile(self, query: sa.Select[Any]) -> _Compiled:
         compiled = self._compiled.get(id(query))
         if compiled is None or compiled.query is not query:
+            sql = query.compile(dialect=self._dialect)
             compiled = _Compiled(
                 query=query,
-                sql=str(query.compile(dialect=self._dialect)),
+                sql=str(sql),
+                constants={k: v for k, v in sql.params.items() if v is not None},
                 keys=[str(column.key) for column in query.selected_columns],
                 processors=[
                     column.type.dialect_impl(self._dialect).result_processor(self._dialect, None)
@@ -264,7 +266,7 @@ class _FastSQLite:
 
     def fetch_one(self, query: sa.Select[Any], params: dict[str, Any]) -> Mapping[str, Any] | None:
         compiled = self._compile(query)
-        row = self._connection().execute(compiled.sql, params).fetchone()
+        row = self._connection().execute(compiled.sql, {**compiled.constants, **params}).fetchone()
         if row is None:
             return None
         return {
@@ -277,6 +279,8 @@ class _FastSQLite:
 class _Compiled:
     query: sa.Select[Any]
     sql: str
+    constants: dict[str, Any]
+    """Values of the literals in the statement (the caller's parameters fill the rest)."""
     keys: list[str]
     processors: list[Callable[[Any], Any] | None]
 

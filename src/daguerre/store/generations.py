@@ -12,15 +12,18 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from daguerre.store import money
 from daguerre.store.clock import utcnow
 from daguerre.store.db import Database
 from daguerre.store.schema import generations as g
+from daguerre.store.schema import ledger
 from daguerre.wire import FailureCode, GenerationCreate, GenerationType, State
 
 
@@ -41,6 +44,7 @@ class GenerationRecord:
     failure_reason: str | None
     attempts: int
     max_attempts: int
+    price: int
     lease_owner: str | None
     lease_token: str | None
     lease_expires_at: datetime | None
@@ -64,6 +68,18 @@ class NewGeneration:
     aspect_ratio: str | None
     input_keys: tuple[str, ...]
     max_attempts: int
+    price: int = 0
+    """Micro-dollars held at create and captured at completion (metered accounts only)."""
+    metered: bool = False
+    concurrency_limit: int | None = None
+    """Refuse the create when the account already has this many generations not yet terminal."""
+
+
+class Refusal(StrEnum):
+    """Why a create was refused inside its transaction (nothing was written)."""
+
+    CONCURRENCY = "concurrency"
+    BALANCE = "balance"
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,14 @@ _STATES_ACTIVE = (State.QUEUED.value, State.PROCESSING.value)
 # Hot-path statements are built once: constructing and cache-keying a select costs more than
 # running it on SQLite.
 _INSERT = g.insert()
+_COUNT_ACTIVE = (
+    sa.select(sa.func.count().label("active"))
+    .select_from(g)
+    .where(
+        g.c.account_id == sa.bindparam("account_id"),
+        sa.or_(g.c.state == State.QUEUED.value, g.c.state == State.PROCESSING.value),
+    )
+)
 _GET = sa.select(g).where(g.c.id == sa.bindparam("generation_id"))
 _GET_OWNED = _GET.where(g.c.account_id == sa.bindparam("account_id"))
 
@@ -87,11 +111,13 @@ class GenerationStore:
 
     # API side --------------------------------------------------------------------------------
 
-    def create(self, new: NewGeneration) -> GenerationRecord:
+    def create(self, new: NewGeneration) -> GenerationRecord | Refusal:
         return self.submit_create(new).result()
 
-    def submit_create(self, new: NewGeneration) -> Future[GenerationRecord]:
-        """Insert the generation through the group committer; the future resolves after commit."""
+    def submit_create(self, new: NewGeneration) -> Future[GenerationRecord | Refusal]:
+        """In one transaction (shared with other creates by the group committer): check the
+        account's concurrent jobs, hold the price on a metered account's balance, insert the row.
+        The future resolves after the commit, to the record or to why nothing was written."""
         values: dict[str, Any] = {
             "id": new.id,
             "account_id": new.account_id,
@@ -110,11 +136,22 @@ class GenerationStore:
             "attempts": 0,
             "max_attempts": new.max_attempts,
             "priority": 0,
+            "price": new.price,
             "created_at": utcnow(),
         }
 
-        def insert(conn: Connection) -> GenerationRecord:
+        def insert(conn: Connection) -> GenerationRecord | Refusal:
+            money.lock_account(conn, new.account_id)
+            if new.concurrency_limit is not None:
+                active = conn.execute(_COUNT_ACTIVE, {"account_id": new.account_id}).scalar_one()
+                if active >= new.concurrency_limit:
+                    return Refusal.CONCURRENCY
+            charged = new.metered and new.price > 0
+            if charged and not money.hold(conn, new.account_id, new.price):
+                return Refusal.BALANCE
             conn.execute(_INSERT, values)
+            if charged:
+                money.record_reserve(conn, new.account_id, new.id, new.price)
             return _record(values)
 
         return self._db.submit(insert)
@@ -130,14 +167,45 @@ class GenerationStore:
         return None if row is None else _record(row)
 
     def count_active(self, account_id: str) -> int:
-        with self._db.read() as conn:
-            return int(
-                conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(g)
-                    .where(g.c.account_id == account_id, g.c.state.in_(_STATES_ACTIVE))
-                ).scalar_one()
+        """Generations of the account not yet completed or failed (its concurrency slots)."""
+        row = self._db.fetch_one(_COUNT_ACTIVE, {"account_id": account_id})
+        assert row is not None
+        return int(next(iter(row.values())))
+
+    def usage(
+        self, account_id: str, start: datetime, end: datetime, group_by: str
+    ) -> list[tuple[str | None, str, int, int]]:
+        """(group, state, generations, captured micro-dollars) for the account's generations
+        created in [start, end), grouped by `model`, `user_id` or `day` (UTC)."""
+        if group_by == "day":
+            key: sa.ColumnElement[Any] = (
+                sa.func.strftime("%Y-%m-%d", g.c.created_at)
+                if self._db.is_sqlite
+                else sa.func.to_char(g.c.created_at, "YYYY-MM-DD")
             )
+        else:
+            key = g.c.model if group_by == "model" else g.c.user_id
+        captured = ledger.alias("captured")
+        query = (
+            sa.select(
+                key.label("group"),
+                g.c.state,
+                sa.func.count().label("generations"),
+                sa.func.coalesce(sa.func.sum(captured.c.amount), 0).label("spend"),
+            )
+            .select_from(
+                g.outerjoin(
+                    captured, sa.and_(captured.c.generation_id == g.c.id, captured.c.kind == "capture")
+                )
+            )
+            .where(g.c.account_id == account_id, g.c.created_at >= start, g.c.created_at < end)
+            .group_by(key, g.c.state)
+            .order_by(key)
+        )
+        with self._db.read() as conn:
+            return [
+                (row.group, row.state, int(row.generations), int(row.spend)) for row in conn.execute(query)
+            ]
 
     # Worker side -----------------------------------------------------------------------------
 
@@ -223,13 +291,22 @@ class GenerationStore:
                     finished_at=utcnow(),
                 )
             )
+            if result.rowcount == 1:
+                money.settle(conn, generation_id, money.Settlement.CAPTURE)
         return result.rowcount == 1
 
     def fail(self, generation_id: str, token: str, code: FailureCode, reason: str) -> bool:
+        """Failed generations are refunded, except budget_exhausted, which is charged for the engine
+        work already done: none, since it is decided when a worker claims the job."""
         with self._db.write() as conn:
             result = conn.execute(
                 g.update().where(self._guard(generation_id, token)).values(**_failed(code, reason))
             )
+            if result.rowcount == 1:
+                if code == FailureCode.BUDGET_EXHAUSTED:
+                    money.settle(conn, generation_id, money.Settlement.CAPTURE, charge=0)
+                else:
+                    money.settle(conn, generation_id, money.Settlement.RELEASE)
         return result.rowcount == 1
 
     def hand_back(self, generation_id: str, token: str, *, count_attempt: bool) -> bool:
@@ -281,6 +358,8 @@ class GenerationStore:
                     .values(**_failed(FailureCode.GENERATION_FAILED, reason))
                     .returning(g.c.id)
                 ).all()
+                for row in rows:
+                    money.settle(conn, row.id, money.Settlement.RELEASE)
                 reaped.extend(Reaped(id=row.id, reason=reason) for row in rows)
         return reaped
 
@@ -314,6 +393,7 @@ def _record(row: Any) -> GenerationRecord:
         failure_reason=row.get("failure_reason"),
         attempts=row["attempts"],
         max_attempts=row["max_attempts"],
+        price=int(row.get("price") or 0),
         lease_owner=row.get("lease_owner"),
         lease_token=row.get("lease_token"),
         lease_expires_at=row.get("lease_expires_at"),

@@ -63,7 +63,17 @@ accounts = sa.Table(
     sa.Column("name", sa.String(100), nullable=False, unique=True),
     sa.Column("status", sa.String(16), nullable=False, server_default="active"),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    # Money, in integer micro-dollars. Unmetered accounts have no balance and are never charged.
+    sa.Column("metered", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("balance", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("reserved", sa.BigInteger(), nullable=False, server_default="0"),
+    # The most the account may spend (captured) in a calendar month (UTC); None: no cap.
+    sa.Column("spend_cap", sa.BigInteger(), nullable=True),
+    # Limits; None: the deployment's defaults.
+    sa.Column("rpm_limit", sa.Integer(), nullable=True),
+    sa.Column("concurrency_limit", sa.Integer(), nullable=True),
     sa.CheckConstraint("status IN ('active', 'suspended', 'deactivated')", name="status"),
+    sa.CheckConstraint("reserved >= 0", name="reserved"),
 )
 
 api_keys = sa.Table(
@@ -96,6 +106,7 @@ generations = sa.Table(
     sa.Column("failure_code", sa.String(32), nullable=True),
     sa.Column("failure_reason", sa.Text(), nullable=True),
     sa.Column("priority", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("price", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("max_attempts", sa.Integer(), nullable=False),
     sa.Column("lease_owner", sa.String(200), nullable=True),
@@ -110,6 +121,20 @@ generations = sa.Table(
     sa.Index("ix_generations_lease", "state", "lease_expires_at"),
 )
 
+
+ledger = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("generation_id", ID, sa.ForeignKey("generations.id"), primary_key=True),
+    sa.Column("kind", sa.String(8), primary_key=True),
+    sa.Column("account_id", ID, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("amount", sa.BigInteger(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.CheckConstraint("kind IN ('reserve', 'capture', 'release')", name="kind"),
+    sa.Index("ix_ledger_account_kind_created", "account_id", "kind", "created_at"),
+)
+"""Two-phase holds: a reserve at create, then exactly one capture or release per generation.
+The primary key (generation_id, kind) makes a second capture or release impossible."""
 
 files = sa.Table(
     "files",

@@ -152,6 +152,8 @@ class Worker:
     def _process(
         self, record: GenerationRecord, lease: Lease, stop: threading.Event | None
     ) -> tuple[str, ...]:
+        if record.price > 0 and not self.store.accounts.within_spend_cap(record.account_id, record.price):
+            raise JobFailure(FailureCode.BUDGET_EXHAUSTED)
         inputs = [self._load_input(key) for key in record.input_keys]
         is_edit = record.type == GenerationType.IMAGE_EDIT
         job = EngineJob(

@@ -10,8 +10,8 @@ Three learned parts, all diffusers / transformers components, saved together as 
    and radius; for the background, its colour. (GLIGEN-style grounding: the prompt becomes
    explicit object slots before any pixel is drawn.)
 3. A `diffusers.UNet2DModel` denoiser trained with rectified flow. It predicts the clean image
-   (x-prediction, trained with the velocity loss it implies, which suits pixel-space models and
-   few sampling steps). It sees the noisy image and the layout rendered as maps: inside each
+   (x-prediction, which suits pixel-space models and few sampling steps); sampling turns that
+   prediction into the flow's velocity. It sees the noisy image and the layout rendered as maps: inside each
    object's disk the object's offset from its centre (in radii), its learned shape and colour
    embeddings; everywhere the background's embedding. The maps are resolution-independent, so one
    network draws at any size.
