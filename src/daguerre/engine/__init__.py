@@ -46,6 +46,19 @@ def build_engine(spec: ModelSpec, allow_downloads: bool) -> Engine:
             output_pixels=spec.output_pixels or spec.pixels,
             temperature=spec.temperature,
         )
+    if spec.engine == "remote":
+        from daguerre.engine.remote import RemoteEngine
+
+        assert spec.base_url is not None
+        return RemoteEngine(
+            spec.name,
+            spec.base_url,
+            api_key_env=spec.api_key_env,
+            model=spec.upstream_model,
+            poll_s=spec.poll_s,
+            max_retries=spec.max_retries,
+            retry_wait_cap_s=spec.retry_wait_cap_s,
+        )
     if spec.engine == "diffusers":
         from daguerre.engine.diffusers import DiffusersEngine
 

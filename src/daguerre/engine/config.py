@@ -33,7 +33,7 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    engine: Literal["builtin", "diffusers", "python"]
+    engine: Literal["builtin", "diffusers", "python", "remote"]
     # diffusers
     pipeline: str | None = None
     """A pipeline class name exported by diffusers, e.g. StableDiffusionPipeline."""
@@ -70,6 +70,17 @@ class ModelSpec(BaseModel):
     references: bool = False
     """Whether `image_ref` images reach this model as conditioning. False: they are accepted and
     stored but not used by this model (documented per model in docs/models.md)."""
+    # remote
+    base_url: str | None = None
+    """Remote: the upstream API root, e.g. https://agents.lumalabs.ai/v1."""
+    api_key_env: str | None = None
+    """Remote: the environment variable holding the upstream key (keys do not belong in files)."""
+    upstream_model: str | None = None
+    """Remote: the upstream model name (default: this public name)."""
+    poll_s: float = Field(default=2.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=20)
+    retry_wait_cap_s: float = Field(default=60.0, ge=0)
+    """Remote: the longest wait a Retry-After can impose between retries."""
     # python
     entrypoint: str | None = None
     """`package.module:Factory` for engine = "python": called with `options` as keyword arguments."""
@@ -87,6 +98,8 @@ class ModelSpec(BaseModel):
     def _engine_fields(self) -> ModelSpec:
         if self.engine == "diffusers" and not (self.pipeline and self.weights):
             raise ValueError("engine 'diffusers' needs `pipeline` and `weights`")
+        if self.engine == "remote" and not (self.base_url and self.api_key_env):
+            raise ValueError("engine 'remote' needs `base_url` and `api_key_env`")
         if self.engine == "python" and not (self.entrypoint and ":" in self.entrypoint):
             raise ValueError("engine 'python' needs `entrypoint = \"package.module:Factory\"`")
         for ratio, (w, h) in self.sizes.items():
