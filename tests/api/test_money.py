@@ -73,7 +73,7 @@ def test_a_create_holds_the_price_and_completion_captures_it(client, store, work
 
 
 def test_edits_and_references_cost_more(client, store, metered):
-    account, auth = metered(10)
+    _account, auth = metered(10)
     import base64
 
     from support.imageserver import png_bytes
@@ -243,7 +243,7 @@ def test_the_window_slides(tmp_path, store, blobs, key):
 
 
 def test_usage_by_model_user_and_day(client, store, worker, metered):
-    account, auth = metered(10)
+    _account, auth = metered(10)
     for model, user in (("uni-1", "alice"), ("uni-1", "bob"), ("uni-1-max", "alice")):
         client.post("/v1/generations", json={**BODY, "model": model, "user_id": user}, headers=auth)
     worker.run_once()
