@@ -28,6 +28,14 @@ runner = CliRunner()
         ["keys", "create"],
         ["keys", "list"],
         ["keys", "revoke"],
+        ["accounts"],
+        ["accounts", "create"],
+        ["accounts", "list"],
+        ["accounts", "set-balance"],
+        ["accounts", "set-limits"],
+        ["accounts", "suspend"],
+        ["accounts", "deactivate"],
+        ["accounts", "reactivate"],
     ],
 )
 def test_help_everywhere(command):
@@ -147,3 +155,51 @@ def test_a_key_revoked_from_the_cli_stops_working_on_a_running_server(tmp_path):
         assert (response.status_code, response.json()) == (401, {"detail": "API key has been revoked"})
     finally:
         server.stop()
+
+
+def test_accounts_admin_commands(tmp_path):
+    data = ["--data-dir", str(tmp_path)]
+    assert runner.invoke(app, ["accounts", "create", "studio", "--balance", "25", *data]).exit_code == 0
+    assert runner.invoke(app, ["accounts", "create", "lab", *data]).exit_code == 0
+    listed = runner.invoke(app, ["accounts", "list", *data]).stdout
+    assert "$25.0000" in listed and "unmetered" in listed
+    assert runner.invoke(app, ["accounts", "set-balance", "studio", "12.50", *data]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "accounts",
+                "set-limits",
+                "studio",
+                "--rpm",
+                "5",
+                "--concurrency",
+                "2",
+                "--spend-cap",
+                "3",
+                *data,
+            ],
+        ).exit_code
+        == 0
+    )
+    assert runner.invoke(app, ["accounts", "suspend", "lab", *data]).exit_code == 0
+    line = next(
+        row for row in runner.invoke(app, ["accounts", "list", *data]).stdout.splitlines() if "studio" in row
+    )
+    assert "$12.5000" in line and "$3.0000" in line and line.split()[-2:] == ["5", "2"]
+    assert "suspended" in runner.invoke(app, ["accounts", "list", *data]).stdout
+    assert runner.invoke(app, ["accounts", "reactivate", "lab", *data]).exit_code == 0
+    assert runner.invoke(app, ["accounts", "set-balance", "lab", "--unmetered", *data]).exit_code == 0
+    assert (
+        runner.invoke(app, ["accounts", "set-limits", "studio", "--spend-cap", "none", *data]).exit_code == 0
+    )
+    assert runner.invoke(app, ["accounts", "suspend", "nobody", *data]).exit_code == 1
+    assert runner.invoke(app, ["accounts", "set-limits", "studio", *data]).exit_code == 2
+
+    from daguerre.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'daguerre.db'}", migrate=False)
+    studio = store.accounts.get("studio")
+    assert (studio.metered, studio.balance, studio.spend_cap, studio.rpm_limit) == (True, 12_500_000, None, 5)
+    assert store.accounts.get("lab").status.value == "active" and not store.accounts.get("lab").metered
+    store.close()

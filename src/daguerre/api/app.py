@@ -55,6 +55,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
             yield
         finally:
             task.cancel()
+            await svc.limiter.close()
 
     app = FastAPI(
         lifespan=lifespan,

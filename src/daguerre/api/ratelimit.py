@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MovingWindowSupport
@@ -49,9 +50,16 @@ class Decision:
 class RequestRateLimiter:
     def __init__(self, storage_uri: str, window_s: int = 60) -> None:
         scheme = storage_uri.split("://", 1)[0]
-        options: dict[str, float | str | bool] = {}
-        if scheme in ("redis", "rediss", "redis+unix"):
-            options = {"implementation": "redispy", "socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+        options: dict[str, Any] = {}
+        self._pool: Any = None
+        if scheme in ("redis", "rediss"):
+            import redis.asyncio
+
+            # Our own pool, so shutdown can close its connections; short timeouts, to fail open fast.
+            self._pool = redis.asyncio.ConnectionPool.from_url(
+                storage_uri, socket_timeout=0.5, socket_connect_timeout=0.5
+            )
+            options = {"implementation": "redispy", "connection_pool": self._pool}
         storage = storage_from_string(f"async+{storage_uri}", **options)
         if not isinstance(storage, MovingWindowSupport):
             raise ValueError(f"rate_limit_storage {storage_uri!r} does not support a sliding window")
@@ -59,6 +67,10 @@ class RequestRateLimiter:
         self.window_s = window_s
         self._strategy = MovingWindowRateLimiter(storage)
         self._last_failure_log = 0.0
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def hit(self, account_id: str, per_window: int) -> Decision | None:
         """Count one request; None when the store is unreachable (fail open, no headers)."""
