@@ -9,9 +9,9 @@ Three learned parts, all diffusers / transformers components, saved together as 
    for each object slot whether it exists, its shape, its colour, and a Gaussian over its centre
    and radius; for the background, its colour. (GLIGEN-style grounding: the prompt becomes
    explicit object slots before any pixel is drawn.)
-3. A `diffusers.UNet2DModel` denoiser trained with rectified flow. It predicts the clean image
-   (x-prediction, which suits pixel-space models and few sampling steps); sampling turns that
-   prediction into the flow's velocity. It sees the noisy image and the layout rendered as maps: inside each
+3. A `diffusers.UNet2DModel` denoiser trained with rectified flow, preconditioned as in EDM (see
+   `preconditioning`) to predict the clean image; sampling turns that prediction into the flow's
+   velocity. It sees the noisy image and the layout rendered as maps: inside each
    object's disk the object's offset from its centre (in radii), its learned shape and colour
    embeddings; everywhere the background's embedding. The maps are resolution-independent, so one
    network draws at any size.
@@ -230,9 +230,32 @@ def matched(prediction: LayoutPrediction, target: Layout) -> Layout:
     return Layout(**moved, background=target.background)
 
 
-def denoiser_input(noisy: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    return F.pixel_unshuffle(torch.cat([noisy, maps], dim=1), UNSHUFFLE)
+SIGMA_DATA = 0.5
+"""Standard deviation of the images (flat colours in [-1, 1]), for the preconditioning below."""
 
 
-def denoiser_output(sample: torch.Tensor) -> torch.Tensor:
-    return F.pixel_shuffle(sample, UNSHUFFLE)
+def preconditioning(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's preconditioning, for the flow x_t = (1 - t) x0 + t noise: (c_in, c_skip, c_out).
+
+    The network sees the noisy image scaled to unit variance (c_in) and its output F is turned into
+    the clean image as c_skip * x_t + c_out * F, so F's target has unit variance at every t: near
+    t = 0 the image is mostly kept from x_t, near t = 1 it is drawn from the layout alone."""
+    variance = (1 - t) ** 2 * SIGMA_DATA**2 + t**2
+    return variance.rsqrt(), (1 - t) * SIGMA_DATA**2 / variance, t * SIGMA_DATA * variance.rsqrt()
+
+
+def network_output(
+    unet: torch.nn.Module, noisy: torch.Tensor, maps: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """F(c_in x_t, maps, t): the denoiser's raw output at full resolution. `t` has shape (B,)."""
+    c_in, _, _ = preconditioning(t.view(-1, 1, 1, 1))
+    packed = F.pixel_unshuffle(torch.cat([c_in * noisy, maps], dim=1), UNSHUFFLE)
+    return F.pixel_shuffle(unet(packed, t * 1000).sample, UNSHUFFLE)
+
+
+def predict_clean(
+    unet: torch.nn.Module, noisy: torch.Tensor, maps: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """The denoiser's estimate of the clean image."""
+    _, c_skip, c_out = preconditioning(t.view(-1, 1, 1, 1))
+    return c_skip * noisy + c_out * network_output(unet, noisy, maps, t)

@@ -30,8 +30,7 @@ from daguerre.engine.builtin.model import (
     Layout,
     LayoutModel,
     LayoutPrediction,
-    denoiser_input,
-    denoiser_output,
+    predict_clean,
 )
 from daguerre.engine.builtin.text import encode_prompts
 from daguerre.sizing import nearest_ratio
@@ -153,8 +152,8 @@ class BuiltinPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=self.unet.device)
         self._num_timesteps = len(self.scheduler.timesteps)
         for i, t in enumerate(self.scheduler.timesteps):
-            clean = denoiser_output(self.unet(denoiser_input(latents, maps), t).sample)
             sigma = float(self.scheduler.sigmas[i])
+            clean = predict_clean(self.unet, latents, maps, torch.full((1,), sigma, device=latents.device))
             velocity = (latents - clean) / max(sigma, MIN_FLOW_T)
             latents = self.scheduler.step(velocity, t, latents).prev_sample
             if callback_on_step_end is not None:
