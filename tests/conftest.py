@@ -25,6 +25,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith(("DAGUERRE_", "LUMA_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DAGUERRE_MODERATION", "0")  # see the settings fixture; moderation tests turn it on
 
 
 @pytest.fixture
@@ -34,7 +35,8 @@ def models_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path, models_file: Path) -> Settings:
-    # Generous limits: tests of the limits themselves set their own.
+    # Generous limits: tests of the limits themselves set their own. Moderation (on in the product)
+    # is switched on by the tests about it, so the others need not load its models.
     return Settings(
         data_dir=tmp_path / "data",
         models_file=models_file,
@@ -42,6 +44,7 @@ def settings(tmp_path: Path, models_file: Path) -> Settings:
         lease_s=30,
         default_rpm=100_000,
         default_concurrency=100_000,
+        moderation=False,
     )
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -53,6 +54,19 @@ def _settings(config: Path | None, **values: Any) -> Settings:
     return settings
 
 
+@contextmanager
+def _startup_errors() -> Iterator[None]:
+    """A bad models file or missing moderation packages: one clear line and exit status 2."""
+    from daguerre.engine.config import ModelsConfigError
+    from daguerre.moderation import ModerationUnavailable
+
+    try:
+        yield
+    except (ModelsConfigError, ModerationUnavailable) as exc:
+        typer.echo(f"daguerre: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
 def _open_store(settings: Settings) -> Store:
     from daguerre.store import open_store
 
@@ -79,10 +93,12 @@ def serve(
     store = _open_store(settings)
     blobs = open_blob_store(settings)
     _first_run(settings, store)
-    pool = WorkerPool(settings, store, blobs, settings.workers)
+    with _startup_errors():
+        pool = WorkerPool(settings, store, blobs, settings.workers)
+        app = create_app(settings, store, blobs)
     server = _server(
         uvicorn.Config(
-            create_app(settings, store, blobs),
+            app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
@@ -122,7 +138,8 @@ def worker(data_dir: DataDirOpt = None, models: ModelsOpt = None, config: Config
     from daguerre.worker import WorkerPool
 
     store = _open_store(settings)
-    pool = WorkerPool(settings, store, open_blob_store(settings), count=1)
+    with _startup_errors():
+        pool = WorkerPool(settings, store, open_blob_store(settings), count=1)
 
     def on_signal(signum: int, frame: Any) -> None:
         logging.getLogger("daguerre.worker").info("signal %d: stopping", signum)

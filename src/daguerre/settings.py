@@ -94,6 +94,27 @@ class Settings(BaseSettings):
     """CA certificates for https fetches (default: the system's)."""
     url_timeout_s: float = Field(default=18.0, gt=0, le=120)
     """Total time for fetching one URL, redirects included."""
+    moderation: bool = True
+    """Check prompts, input images, outputs and uploads; a hit fails the generation with
+    content_moderated (refunded)."""
+    moderation_stages: list[str] = Field(default_factory=lambda: ["prompt", "inputs", "output", "files"])
+    moderation_text_categories: list[str] = Field(
+        default_factory=lambda: ["sexual", "violence", "self_harm", "hate"]
+    )
+    """Text categories checked; sexual content involving minors is always checked."""
+    moderation_thresholds: dict[str, float] = Field(default_factory=dict)
+    """Semantic thresholds per category, overriding the policy's tuned ones."""
+    moderation_image_classes: list[str] = Field(
+        default_factory=lambda: [
+            "FEMALE_BREAST_EXPOSED",
+            "FEMALE_GENITALIA_EXPOSED",
+            "MALE_GENITALIA_EXPOSED",
+            "BUTTOCKS_EXPOSED",
+            "ANUS_EXPOSED",
+        ]
+    )
+    """NudeNet classes that block an image."""
+    moderation_image_threshold: float = Field(default=0.45, ge=0, le=1)
     max_request_bytes: int = Field(default_factory=_default_max_request_bytes, ge=1024)
     lease_s: float = Field(default=30.0, gt=0)
     """How long a claimed job stays owned without a renewal; renewed every lease_s/3."""

@@ -6,10 +6,10 @@ import logging
 
 import pytest
 from fastapi.testclient import TestClient
-from support.helpers import RedisServer
 
 from daguerre.api import create_app
 from daguerre.settings import Settings
+from support.helpers import RedisServer
 
 BODY = {"prompt": "a red circle"}
 

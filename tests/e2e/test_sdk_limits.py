@@ -8,6 +8,7 @@ import time
 import httpx
 import luma_agents
 import pytest
+
 from support.helpers import scripted_models, start_server, write_models_file
 
 BODY = {"prompt": "a red circle", "aspect_ratio": "1:1"}

@@ -155,6 +155,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    env["DAGUERRE_MODERATION"] = "0"  # tests about moderation pass DAGUERRE_MODERATION="1"
     env.update(extra)
     return env
 

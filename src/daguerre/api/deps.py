@@ -21,6 +21,7 @@ from daguerre.api.ratelimit import RequestRateLimiter
 from daguerre.blobs import BlobStore
 from daguerre.errors import ApiError
 from daguerre.fetch import UrlPolicy
+from daguerre.moderation import Moderator
 from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.store.accounts import AccountStatus, hash_key
@@ -41,6 +42,7 @@ class Services:
     blobs: BlobStore
     url_policy: UrlPolicy
     limiter: RequestRateLimiter
+    moderator: Moderator
 
     @classmethod
     def build(cls, settings: Settings, store: Store, blobs: BlobStore) -> Services:
@@ -52,7 +54,14 @@ class Services:
             ca_bundle=str(settings.url_ca_bundle) if settings.url_ca_bundle else None,
         )
         limiter = RequestRateLimiter(settings.rate_limit_storage, settings.rate_limit_window_s)
-        return cls(settings=settings, store=store, blobs=blobs, url_policy=policy, limiter=limiter)
+        return cls(
+            settings=settings,
+            store=store,
+            blobs=blobs,
+            url_policy=policy,
+            limiter=limiter,
+            moderator=Moderator.from_settings(settings),
+        )
 
 
 def services(request: Request) -> Services:

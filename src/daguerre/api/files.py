@@ -46,6 +46,7 @@ from daguerre.wire import (
     FileList,
     FileState,
     PresignedUpload,
+    Reason,
     format_timestamp,
     parse_uuid,
 )
@@ -270,9 +271,13 @@ def ingest(svc: Services, file_id: str, account_id: str) -> None:
         svc.store.files.finish(file_id, FileState.FAILED, reason=reason)
         return
     try:
-        load_input(data, svc.settings.max_input_pixels)
+        image = load_input(data, svc.settings.max_input_pixels)
     except JobFailure as failure:
         svc.store.files.finish(file_id, FileState.FAILED, reason=f"{failure.code.value}: {failure.reason}")
+        return
+    if svc.moderator.check_image(image, "files", file_id) is not None:
+        reason = f"content_moderated: {Reason.INPUT_MODERATED}"
+        svc.store.files.finish(file_id, FileState.FAILED, reason=reason)
         return
     svc.store.files.finish(file_id, FileState.READY, mime_type=sniff_media_type(data) or record.mime_type)
     log.info("file %s is ready", file_id)

@@ -20,6 +20,7 @@ import time
 
 from daguerre.blobs import BlobStore
 from daguerre.engine import ModelRegistry, load_models_file
+from daguerre.moderation import Moderator
 from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.worker.loop import Outcome, Worker
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 class WorkerPool:
     def __init__(self, settings: Settings, store: Store, blobs: BlobStore, count: int) -> None:
         specs = load_models_file(settings.models_file)  # fail fast on a bad models file
+        moderator = Moderator.from_settings(settings)  # its models are loaded once per process
         prefix = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stop_event = threading.Event()
         self.workers = [
@@ -39,6 +41,7 @@ class WorkerPool:
                 blobs,
                 ModelRegistry(specs, allow_downloads=settings.allow_downloads),
                 worker_id=f"{prefix}:{index}",
+                moderator=moderator,
             )
             for index in range(count)
         ]

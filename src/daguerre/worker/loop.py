@@ -20,11 +20,12 @@ from daguerre.blobs import BlobNotFound, BlobStore
 from daguerre.engine import EngineJob, ModelRegistry, seed_for
 from daguerre.errors import Cancelled, JobFailure, LeaseLost, Transient
 from daguerre.media import OUTPUT_EXTENSIONS, OUTPUT_MEDIA_TYPES, encode_image, load_input
+from daguerre.moderation import Moderator
 from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.store.generations import GenerationRecord
 from daguerre.store.schema import output_key
-from daguerre.wire import FailureCode, GenerationType, State
+from daguerre.wire import FailureCode, GenerationType, Reason, State
 from daguerre.worker.lease import Lease
 
 if TYPE_CHECKING:
@@ -52,13 +53,20 @@ class Running:
 
 class Worker:
     def __init__(
-        self, settings: Settings, store: Store, blobs: BlobStore, registry: ModelRegistry, worker_id: str
+        self,
+        settings: Settings,
+        store: Store,
+        blobs: BlobStore,
+        registry: ModelRegistry,
+        worker_id: str,
+        moderator: Moderator | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.blobs = blobs
         self.registry = registry
         self.worker_id = worker_id
+        self.moderator = moderator or Moderator.from_settings(settings)
         self.running: Running | None = None
         """The job in hand, so a supervisor can hand it back if the worker does not stop in time."""
         self._stop_at: float | None = None
@@ -67,6 +75,7 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Claim and run jobs until `stop` is set; an idle worker wakes within milliseconds of a new job."""
+        self.moderator.warm()
         watcher = self.store.db.watcher()
         next_reap = 0.0
         try:
@@ -154,7 +163,11 @@ class Worker:
     ) -> tuple[str, ...]:
         if record.price > 0 and not self.store.accounts.within_spend_cap(record.account_id, record.price):
             raise JobFailure(FailureCode.BUDGET_EXHAUSTED)
+        if self.moderator.check_text(record.request.prompt, "prompt", record.id) is not None:
+            raise JobFailure(FailureCode.CONTENT_MODERATED, Reason.INPUT_MODERATED)
         inputs = [self._load_input(key) for key in record.input_keys]
+        if any(self.moderator.check_image(image, "inputs", record.id) is not None for image in inputs):
+            raise JobFailure(FailureCode.CONTENT_MODERATED, Reason.INPUT_MODERATED)
         is_edit = record.type == GenerationType.IMAGE_EDIT
         job = EngineJob(
             id=record.id,
@@ -180,6 +193,8 @@ class Worker:
             log.debug("%s: step %d/%d", record.id, step, total)
 
         image = engine.generate(job, on_step)
+        if self.moderator.check_image(image, "output", record.id) is not None:  # never stored, never served
+            raise JobFailure(FailureCode.CONTENT_MODERATED, Reason.OUTPUT_MODERATED)
         data = encode_image(image, record.output_format)
         if lease.lost.is_set():
             raise LeaseLost(record.id)

