@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from daguerre.engine.builtin import scenes
+from daguerre.engine.builtin.analysis import analyse
 from daguerre.engine.builtin.evaluate import (
-    analyse,
     heldout_instruction,
     heldout_prompt,
     score_edit,

@@ -2,10 +2,10 @@
 
     python -m daguerre.engine.builtin.evaluate [--weights DIR] [--prompts 200] [--edits 200]
 
-Each generated image is analysed without any model of the generator's making except a small shape
-classifier trained on the generator's own renderings: the background colour from the border, the
-objects as connected regions that differ from it, each region's colour (nearest of the twelve
-named colours), centre and shape. A prompt's attributes pass when the image shows them:
+Each generated image is read back (`analysis.py`) with a small shape classifier of the evaluation's
+own, trained here on the generator's renderings (not the model's shape reader): the background
+colour from the border, the objects as connected regions that differ from it, each region's colour
+(nearest of the twelve named colours), centre and shape. A prompt's attributes pass when the image shows them:
 
 * background: the border is the requested colour;
 * colour: every requested object has a region of its colour;
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,80 +34,16 @@ import typer
 from PIL import Image, ImageDraw
 
 from daguerre.engine.builtin import scenes
+from daguerre.engine.builtin.analysis import Analysis, Region, analyse, mask_crop, shape_network
+from daguerre.engine.builtin.analysis import classifier as classify_with
 from daguerre.sizing import size_table
 from daguerre.wire import ASPECT_RATIOS
 
-PALETTE_ARRAY = np.array([scenes.PALETTE[c] for c in scenes.COLOURS], dtype=np.float32)
-MIN_AREA_FRACTION = 0.002
 POSITION_TOLERANCE = 0.2
 KEPT_TOLERANCE = 0.1
 
-# --- image analysis -------------------------------------------------------------------------------
-
-
-@dataclass
-class Region:
-    colour: str
-    x: float
-    y: float
-    area: float
-    mask: np.ndarray = field(repr=False)
-    shape: str | None = None
-
-
-@dataclass
-class Analysis:
-    background: str
-    regions: list[Region]
-
-
-def nearest_colour(rgb: np.ndarray) -> str:
-    return scenes.COLOURS[int(np.argmin(((PALETTE_ARRAY - rgb) ** 2).sum(-1)))]
-
-
-def analyse(image: Image.Image, classifier: ShapeClassifier | None = None) -> Analysis:
-    from scipy import ndimage
-
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    h, w, _ = pixels.shape
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background_rgb = np.median(border, axis=0)
-    background = nearest_colour(background_rgb)
-    foreground = np.sqrt(((pixels - background_rgb) ** 2).sum(-1)) > 60
-    labels, count = ndimage.label(foreground)
-    regions = []
-    for index in range(1, count + 1):
-        mask = labels == index
-        area = mask.sum() / (h * w)
-        if area < MIN_AREA_FRACTION:
-            continue
-        interior = ndimage.binary_erosion(mask, iterations=1)
-        source = interior if interior.sum() >= 4 else mask
-        ys, xs = np.nonzero(mask)
-        region = Region(
-            colour=nearest_colour(np.median(pixels[source], axis=0)),
-            x=float(xs.mean() + 0.5) / w,
-            y=float(ys.mean() + 0.5) / h,
-            area=float(area),
-            mask=mask,
-        )
-        if classifier is not None:
-            region.shape = classifier.classify(mask)
-        regions.append(region)
-    return Analysis(background, regions)
-
 
 # --- the shape classifier -------------------------------------------------------------------------
-
-
-def mask_crop(mask: np.ndarray, size: int = 32) -> np.ndarray:
-    """A region's mask cropped to a square around it and scaled to size x size."""
-    ys, xs = np.nonzero(mask)
-    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
-    half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 * 1.15 + 1
-    box = (round(cx - half), round(cy - half), round(cx + half + 1), round(cy + half + 1))
-    image = Image.fromarray((mask * 255).astype(np.uint8)).crop(box)
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
 
 
 class ShapeClassifier:
@@ -118,19 +54,7 @@ class ShapeClassifier:
 
     @staticmethod
     def build_network() -> torch.nn.Module:
-        return torch.nn.Sequential(
-            torch.nn.Conv2d(1, 16, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(16, 32, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(32, 64, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(1),
-            torch.nn.Flatten(),
-            torch.nn.Linear(64, len(scenes.SHAPES)),
-        )
+        return shape_network()
 
     @classmethod
     def train(cls, samples: int = 6000, seed: int = 1234, epochs: int = 6) -> ShapeClassifier:
@@ -171,10 +95,10 @@ class ShapeClassifier:
         torch.save(classifier.network.state_dict(), path)
         return classifier
 
-    @torch.no_grad()
     def classify(self, mask: np.ndarray) -> str:
-        logits = self.network(torch.tensor(mask_crop(mask))[None, None])
-        return scenes.SHAPES[int(logits.argmax())]
+        return classify_with(self.network)(mask)
+
+    __call__ = classify  # usable as the `classify` argument of `analyse`
 
 
 # --- held-out wording -----------------------------------------------------------------------------

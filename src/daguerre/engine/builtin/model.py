@@ -1,29 +1,34 @@
-"""The built-in model's networks: text -> layout -> image.
+"""The built-in model's networks: text -> layout -> image, and for edits: picture -> scene -> edit.
 
-Three learned parts, all diffusers / transformers components, saved together as one pipeline:
+Parts, all diffusers / transformers components, saved together as one pipeline:
 
 1. A word-level tokenizer and a small BERT text encoder (`transformers.BertModel`). The input is
-   `[CLS] [R:<ratio>] [OBJ1] [OBJ2] [OBJ3] [BG] <prompt words> [SEP]`, followed for edits by 64
-   tokens that encode the source image (a small CNN on the source, one token per 8x8 cell).
-2. `LayoutModel` reads the encoder's states at the four query tokens and predicts the scene layout:
-   for each object slot whether it exists, its shape, its colour, and a Gaussian over its centre
-   and radius; for the background, its colour. (GLIGEN-style grounding: the prompt becomes
-   explicit object slots before any pixel is drawn.)
-3. A `diffusers.UNet2DModel` denoiser trained with rectified flow, preconditioned as in EDM (see
+   `[CLS] [R:<ratio>] [OBJ1] [OBJ2] [OBJ3] [BG] <prompt words> [SEP]`; edit instructions are marked
+   with token type 1.
+2. `LayoutModel` reads the encoder's states at the query tokens. For a prompt it predicts the scene
+   layout: per object slot whether it exists, its shape, its colour, and a Gaussian over its centre
+   and radius; the background's colour (GLIGEN-style grounding: the prompt becomes explicit object
+   slots before any pixel is drawn). For an edit instruction the same heads predict the edit: its
+   kind (at [CLS]), the object it refers to ([OBJ1]: shape and colour), the new object or new
+   attributes ([OBJ2]: colour, shape, place), the new background ([BG]).
+3. Also in `LayoutModel`, a small CNN that names the shape of an object's mask; with it the
+   pipeline reads an edit's source picture back into a scene (`analysis.py`) and applies the
+   predicted edit to it.
+4. A `diffusers.UNet2DModel` denoiser trained with rectified flow, preconditioned as in EDM (see
    `preconditioning`) to predict the clean image; sampling turns that prediction into the flow's
-   velocity. It sees the noisy image and the layout rendered as maps: inside each
-   object's disk the object's offset from its centre (in radii), its learned shape and colour
-   embeddings; everywhere the background's embedding. The maps are resolution-independent, so one
-   network draws at any size.
+   velocity. It sees the noisy image, the layout rendered as maps (inside each object's disk: the
+   offset from its centre in radii, a learned embedding of its shape, its colour; everywhere: the
+   background colour) and, for edits, the source image with the parts that change blanked out plus
+   the mask of what is kept (as inpainting models see theirs). The maps are resolution-independent,
+   so one network draws at any size and aspect ratio.
 
-For training, the layout part is supervised directly by the scene generator's ground truth and the
-denoiser is conditioned on ground-truth layouts; at sampling time the denoiser follows the layout
-the text encoder predicted.
+For training, every part is supervised by the scene generator's ground truth; the denoiser is
+conditioned on ground-truth layouts. At sampling time it follows the layout (or edited scene) the
+text encoder predicted.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -33,7 +38,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from daguerre.engine.builtin.scenes import COLOURS, SHAPES
+from daguerre.engine.builtin.analysis import shape_network
+from daguerre.engine.builtin.scenes import COLOURS, PALETTE, SHAPES
 from daguerre.wire import ASPECT_RATIOS
 
 SLOTS = 3
@@ -42,9 +48,9 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[OBJ1]", "[OBJ2]", "[OBJ3
 ]
 QUERY_OFFSET = 2  # [CLS] [R:..] come first, then the slot queries and [BG]
 MAX_TEXT_TOKENS = 48
-IMAGE_GRID = 8  # the source image becomes IMAGE_GRID x IMAGE_GRID tokens
-IMAGE_SIZE = 64  # the source is resized to this square before encoding (normalised positions survive)
+EDIT_KINDS = ("recolour", "background", "move", "add", "remove")
 MASK_RADIUS = 1.4  # object maps cover the disk of this many radii around each centre
+EDIT_CHANNELS = 4  # the kept part of an edit's source (3) and the kept mask (1)
 UNSHUFFLE = 2  # the denoiser runs at half resolution on 2x2 pixel blocks
 MIN_FLOW_T = 0.05  # the velocity implied by a predicted clean image is (x_t - x0) / max(t, MIN_FLOW_T)
 
@@ -75,10 +81,33 @@ class LayoutPrediction:
     geometry_mean: torch.Tensor  # (B, SLOTS, 3): x, y, radius
     geometry_log_std: torch.Tensor  # (B, SLOTS, 3)
     background_logits: torch.Tensor  # (B, len(COLOURS))
+    kind_logits: torch.Tensor  # (B, len(EDIT_KINDS)): for edit instructions
+
+
+@dataclass
+class EditTarget:
+    """Ground truth of a batch of edit instructions; each `*_mask` says where a field applies.
+
+    referent: the edited object as the source shows it (recolour, move, remove); new_colour: a
+    recolour's colour or an added object's; new_shape, radius: an added object's; x, y: where a
+    moved or added object goes; background: a background edit's colour."""
+
+    kind: torch.Tensor
+    referent_shape: torch.Tensor
+    referent_colour: torch.Tensor
+    referent_mask: torch.Tensor
+    new_colour: torch.Tensor
+    new_colour_mask: torch.Tensor
+    new_shape: torch.Tensor
+    new_shape_mask: torch.Tensor
+    geometry: torch.Tensor  # (B, 3): x, y, radius
+    geometry_mask: torch.Tensor  # (B, 3)
+    background: torch.Tensor
+    background_mask: torch.Tensor
 
 
 class LayoutModel(ModelMixin, ConfigMixin):
-    """Layout heads, the source-image encoder, and the embeddings the layout maps are made of."""
+    """The layout and edit heads, the shape reader, and the shape embedding of the layout maps."""
 
     @register_to_config
     def __init__(
@@ -89,16 +118,6 @@ class LayoutModel(ModelMixin, ConfigMixin):
         map_embedding_dim: int = 4,
     ) -> None:
         super().__init__()
-        self.image_encoder = nn.Sequential(
-            nn.Conv2d(5, 32, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(64, hidden_size, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(hidden_size, hidden_size, 1),
-        )
-        self.image_position = nn.Parameter(torch.zeros(IMAGE_GRID * IMAGE_GRID, hidden_size))
         # Each word sees its two neighbours on either side before attention: "a small red star" puts
         # "small red" into the state of "star", so a slot that finds the noun also finds its adjectives.
         self.phrase = nn.Conv1d(hidden_size, hidden_size, kernel_size=5, padding=2)
@@ -108,34 +127,20 @@ class LayoutModel(ModelMixin, ConfigMixin):
         self.colour = nn.Linear(hidden_size, num_colours)
         self.geometry = nn.Linear(hidden_size, 6)
         self.background = nn.Linear(hidden_size, num_colours)
+        self.kind = nn.Linear(hidden_size, len(EDIT_KINDS))
         self.shape_embedding = nn.Embedding(num_shapes, map_embedding_dim)
-        self.colour_embedding = nn.Embedding(num_colours, map_embedding_dim)
-        self.background_embedding = nn.Embedding(num_colours, map_embedding_dim)
+        self.shape_reader = shape_network()
+        palette = torch.tensor([PALETTE[c] for c in COLOURS], dtype=torch.float32) / 127.5 - 1
+        self.register_buffer("palette", palette, persistent=False)
 
     @property
     def map_channels(self) -> int:
-        return 3 + 3 * int(self.config["map_embedding_dim"])
+        """Offsets (2), inside (1), shape embedding, object colour (3), background colour (3)."""
+        return 3 + int(self.config["map_embedding_dim"]) + 3 + 3
 
     def mix_phrases(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, T, hidden) word embeddings -> the same with local phrase context added."""
         return embeddings + self.phrase(embeddings.transpose(1, 2)).transpose(1, 2)
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, 64, hidden) source tokens."""
-        images = F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
-        b = images.shape[0]
-        ys = (
-            torch.linspace(-1, 1, IMAGE_SIZE, device=images.device)
-            .view(1, 1, -1, 1)
-            .expand(b, 1, -1, IMAGE_SIZE)
-        )
-        xs = (
-            torch.linspace(-1, 1, IMAGE_SIZE, device=images.device)
-            .view(1, 1, 1, -1)
-            .expand(b, 1, IMAGE_SIZE, -1)
-        )
-        features = self.image_encoder(torch.cat([images, xs, ys], dim=1))
-        return features.flatten(2).transpose(1, 2) + self.image_position
 
     def predict(self, states: torch.Tensor) -> LayoutPrediction:
         """Heads on the encoder's states at [OBJ1..3] and [BG]."""
@@ -148,6 +153,7 @@ class LayoutModel(ModelMixin, ConfigMixin):
             geometry_mean=geometry[..., :3],
             geometry_log_std=geometry[..., 3:].clamp(-6, 1),
             background_logits=self.background(states[:, QUERY_OFFSET + SLOTS]),
+            kind_logits=self.kind(states[:, 0]),
         )
 
     def maps(self, layout: Layout, width: int, height: int) -> torch.Tensor:
@@ -163,7 +169,7 @@ class LayoutModel(ModelMixin, ConfigMixin):
         dx, dy = torch.broadcast_tensors(dx, dy)
         inside = ((dx**2 + dy**2) <= MASK_RADIUS**2).float() * layout.exists[..., None, None].float()
         shape = self.shape_embedding(layout.shape)  # (B, SLOTS, D)
-        colour = self.colour_embedding(layout.colour)
+        colour = self.palette[layout.colour]  # (B, SLOTS, 3)
         per_slot = torch.cat(
             [
                 (dx * inside)[:, :, None],
@@ -173,20 +179,13 @@ class LayoutModel(ModelMixin, ConfigMixin):
                 colour[..., None, None] * inside[:, :, None],
             ],
             dim=2,
-        )  # (B, SLOTS, 3 + 2D, H, W)
+        )  # (B, SLOTS, 3 + D + 3, H, W)
         objects = per_slot.sum(dim=1)
-        background = self.background_embedding(layout.background)[..., None, None].expand(
-            -1, -1, height, width
-        )
+        background = self.palette[layout.background][..., None, None].expand(-1, -1, height, width)
         return torch.cat([objects, background], dim=1)
 
-    def loss(
-        self, prediction: LayoutPrediction, target: Layout, match: bool = False
-    ) -> dict[str, torch.Tensor]:
-        """Supervised layout losses. With `match`, the target objects are first assigned to the slots
-        that predict them best (set prediction, as in DETR), so the slots need no fixed order."""
-        if match:
-            target = matched(prediction, target)
+    def loss(self, prediction: LayoutPrediction, target: Layout) -> dict[str, torch.Tensor]:
+        """Supervised layout losses for prompts (slots in the order the prompt names the objects)."""
         exists = target.exists.float()
         present = exists.bool()
         terms = {
@@ -199,35 +198,37 @@ class LayoutModel(ModelMixin, ConfigMixin):
             geometry = torch.stack([target.x, target.y, target.radius], dim=-1)[present]
             mean = prediction.geometry_mean[present]
             log_std = prediction.geometry_log_std[present]
-            # Gaussian negative log-likelihood, so the model says how sure it is (sampling uses it)
-            terms["geometry"] = (log_std + 0.5 * ((geometry - mean) / log_std.exp()) ** 2).mean() + math.log(
-                math.sqrt(2 * math.pi)
-            )
+            terms["geometry"] = gaussian_nll(mean, log_std, geometry).mean()
         return terms
 
+    def edit_loss(self, prediction: LayoutPrediction, target: EditTarget) -> dict[str, torch.Tensor]:
+        """Supervised losses for edit instructions, each field where it applies."""
 
-_PERMUTATIONS = torch.tensor(list(itertools.permutations(range(SLOTS))))
+        def masked_ce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            losses = F.cross_entropy(logits, labels, reduction="none")
+            return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+        referent, new = 0, 1
+        nll = gaussian_nll(
+            prediction.geometry_mean[:, new], prediction.geometry_log_std[:, new], target.geometry
+        )
+        return {
+            "kind": F.cross_entropy(prediction.kind_logits, target.kind),
+            "referent": masked_ce(
+                prediction.shape_logits[:, referent], target.referent_shape, target.referent_mask
+            )
+            + masked_ce(prediction.colour_logits[:, referent], target.referent_colour, target.referent_mask),
+            "new": masked_ce(prediction.colour_logits[:, new], target.new_colour, target.new_colour_mask)
+            + masked_ce(prediction.shape_logits[:, new], target.new_shape, target.new_shape_mask),
+            "geometry": (nll * target.geometry_mask).sum() / target.geometry_mask.sum().clamp(min=1),
+            "background": masked_ce(prediction.background_logits, target.background, target.background_mask),
+        }
 
 
-@torch.no_grad()
-def matched(prediction: LayoutPrediction, target: Layout) -> Layout:
-    """The target with its objects moved to the slot permutation of lowest cost (all SLOTS! tried)."""
-    fields = ("exists", "shape", "colour", "x", "y", "radius")
-    shape_logp = prediction.shape_logits.log_softmax(-1)
-    colour_logp = prediction.colour_logits.log_softmax(-1)
-    costs = []
-    for permutation in _PERMUTATIONS:
-        t = {name: getattr(target, name)[:, permutation] for name in fields}
-        exists = t["exists"].float()
-        cost = F.binary_cross_entropy_with_logits(prediction.exists_logit, exists, reduction="none")
-        cost = cost - exists * shape_logp.gather(-1, t["shape"][..., None]).squeeze(-1)
-        cost = cost - exists * colour_logp.gather(-1, t["colour"][..., None]).squeeze(-1)
-        geometry = torch.stack([t["x"], t["y"], t["radius"]], dim=-1)
-        distance = ((geometry - prediction.geometry_mean) / prediction.geometry_log_std.exp()).pow(2).sum(-1)
-        costs.append((cost + exists * 0.5 * distance).sum(-1))
-    best = _PERMUTATIONS[torch.stack(costs, dim=-1).argmin(-1)]  # (B, SLOTS)
-    moved = {name: getattr(target, name).gather(1, best) for name in fields}
-    return Layout(**moved, background=target.background)
+def gaussian_nll(mean: torch.Tensor, log_std: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Per-element Gaussian negative log-likelihood, so the model says how sure it is (sampling
+    uses the spread)."""
+    return log_std + 0.5 * ((value - mean) / log_std.exp()) ** 2 + 0.5 * math.log(2 * math.pi)
 
 
 SIGMA_DATA = 0.5
@@ -245,17 +246,27 @@ def preconditioning(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 
 def network_output(
-    unet: torch.nn.Module, noisy: torch.Tensor, maps: torch.Tensor, t: torch.Tensor
+    unet: torch.nn.Module, noisy: torch.Tensor, conditioning: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
-    """F(c_in x_t, maps, t): the denoiser's raw output at full resolution. `t` has shape (B,)."""
+    """F(c_in x_t, conditioning, t): the denoiser's raw output at full resolution. `t` has shape
+    (B,); `conditioning` is the layout maps and the edit channels (see `edit_channels`)."""
     c_in, _, _ = preconditioning(t.view(-1, 1, 1, 1))
-    packed = F.pixel_unshuffle(torch.cat([c_in * noisy, maps], dim=1), UNSHUFFLE)
+    packed = F.pixel_unshuffle(torch.cat([c_in * noisy, conditioning], dim=1), UNSHUFFLE)
     return F.pixel_shuffle(unet(packed, t * 1000).sample, UNSHUFFLE)
 
 
 def predict_clean(
-    unet: torch.nn.Module, noisy: torch.Tensor, maps: torch.Tensor, t: torch.Tensor
+    unet: torch.nn.Module, noisy: torch.Tensor, conditioning: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
     """The denoiser's estimate of the clean image."""
     _, c_skip, c_out = preconditioning(t.view(-1, 1, 1, 1))
-    return c_skip * noisy + c_out * network_output(unet, noisy, maps, t)
+    return c_skip * noisy + c_out * network_output(unet, noisy, conditioning, t)
+
+
+def edit_channels(source: torch.Tensor | None, keep: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """(B, EDIT_CHANNELS, H, W): the source in [-1, 1] where it is kept (0 elsewhere) and the kept
+    mask (B, 1, H, W); all zeros for text-to-image (nothing is kept)."""
+    if source is None or keep is None:
+        b, _, h, w = like.shape
+        return like.new_zeros((b, EDIT_CHANNELS, h, w))
+    return torch.cat([source * keep, keep], dim=1)

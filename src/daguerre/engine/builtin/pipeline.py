@@ -5,8 +5,10 @@
     out.images[0]                                  # PIL image at width x height
     pipe(prompt="make the star green", image=source, width=96, height=96)   # an edit
 
-One call: encode the prompt (and the source image, for an edit), predict the layout, sample it,
-render it as maps, then integrate the rectified flow from noise to image with Euler steps.
+One call: encode the prompt, predict the layout and sample it; for an edit, read the source picture
+back into a scene and apply the predicted edit to it instead. Render the layout as maps (and, for
+an edit, the kept part of the source), then integrate the rectified flow from noise to image with
+Euler steps.
 """
 
 from __future__ import annotations
@@ -24,16 +26,22 @@ from PIL import Image
 from transformers import BertModel, PreTrainedTokenizerFast
 
 from daguerre.engine.builtin import scenes
+from daguerre.engine.builtin.analysis import analyse, classifier, to_scene
+from daguerre.engine.builtin.editing import apply_edit, keep_mask
 from daguerre.engine.builtin.model import (
     MIN_FLOW_T,
     SLOTS,
     Layout,
     LayoutModel,
     LayoutPrediction,
+    edit_channels,
     predict_clean,
 )
 from daguerre.engine.builtin.text import encode_prompts
-from daguerre.sizing import nearest_ratio
+from daguerre.sizing import fit_size, nearest_ratio
+
+ANALYSIS_PIXELS = 192 * 192
+"""A source picture larger than this is read at this size."""
 
 
 @dataclass
@@ -78,20 +86,13 @@ class BuiltinPipeline(DiffusionPipeline):
 
     # Text (and source image) -> layout ------------------------------------------------------------
 
-    def encode(
-        self, prompts: list[str], ratios: list[str], sources: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def encode(self, prompts: list[str], ratios: list[str], edit: bool = False) -> torch.Tensor:
+        """The text encoder's states; edit instructions are marked with token type 1."""
         device = self.text_encoder.device
         ids, mask = encode_prompts(self.tokenizer, prompts, ratios)
         ids, mask = ids.to(device), mask.to(device)
         embeds = self.layout.mix_phrases(self.text_encoder.embeddings.word_embeddings(ids))
-        types = torch.zeros_like(ids)
-        if sources is not None:
-            image_tokens = self.layout.encode_image(sources.to(device))
-            embeds = torch.cat([embeds, image_tokens], dim=1)
-            ones = torch.ones(image_tokens.shape[:2], dtype=torch.long, device=device)
-            mask = torch.cat([mask, ones], dim=1)
-            types = torch.cat([types, ones], dim=1)
+        types = torch.full_like(ids, 1 if edit else 0)
         output = self.text_encoder(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types)
         states: torch.Tensor = output.last_hidden_state
         return states
@@ -115,7 +116,7 @@ class BuiltinPipeline(DiffusionPipeline):
                 scale = temperature * (0.0 if attempt == 39 else 1.0 + attempt / 10)
                 x, y, r = (m + scale * s * rng.gauss(0, 1) for m, s in zip(mean[k], std[k], strict=True))
                 r = min(max(r, 0.05), 0.3)
-                x, y = scenes._clamp_inside(x, y, r, ratio)
+                x, y = scenes.clamp_inside(x, y, r, ratio)
                 candidate = scenes.Shape(scenes.SHAPES[kinds[k]], scenes.COLOURS[colours[k]], x, y, r)
                 if not any(scenes.overlaps(candidate, other, ratio, gap=0.0) for other in placed):
                     break
@@ -128,6 +129,30 @@ class BuiltinPipeline(DiffusionPipeline):
 
     def layout_tensors(self, scene: scenes.Scene) -> Layout:
         return layout_from_scenes([scene], device=self.unet.device)
+
+    def read_scene(self, image: Image.Image, ratio: str) -> tuple[scenes.Scene, np.ndarray]:
+        """The scene a picture shows, and its background colour as it appears there."""
+        if image.width * image.height > ANALYSIS_PIXELS:
+            image = image.resize(
+                fit_size(image.width, image.height, ANALYSIS_PIXELS, 1), Image.Resampling.BOX
+            )
+        analysis = analyse(image, classifier(self.layout.shape_reader.eval()))
+        return to_scene(analysis, ratio), analysis.background_rgb
+
+    def edit_scene(
+        self, prompt: str, image: Image.Image, width: int, height: int, rng: random.Random, temperature: float
+    ) -> tuple[scenes.Scene, torch.Tensor]:
+        """The edited scene, and the edit channels for the denoiser at width x height."""
+        ratio = nearest_ratio(width, height)
+        before, background_rgb = self.read_scene(image, ratio)
+        prediction = self.layout.predict(self.encode([prompt], [ratio], edit=True))
+        after = apply_edit(before, prediction, rng, temperature)
+        source = image.convert("RGB").resize((width, height), Image.Resampling.BOX)
+        keep = keep_mask(before, after, np.asarray(source), background_rgb)
+        channels = edit_channels(
+            to_tensor(source), torch.from_numpy(keep)[None, None], like=to_tensor(source)
+        )
+        return after, channels.to(self.unet.device)
 
     @torch.inference_mode()
     def __call__(
@@ -143,17 +168,24 @@ class BuiltinPipeline(DiffusionPipeline):
         output_type: str = "pil",
     ) -> BuiltinOutput:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
-        ratio = nearest_ratio(width, height)
-        sources = to_tensor(image) if image is not None else None
-        prediction = self.layout.predict(self.encode([prompt], [ratio], sources))
-        scene = self.sample_layout(prediction, ratio, random.Random(seed), temperature)
-        maps = self.layout.maps(self.layout_tensors(scene), width, height)
+        rng = random.Random(seed)
+        if image is not None:
+            scene, edit = self.edit_scene(prompt, image, width, height, rng, temperature)
+            maps = self.layout.maps(self.layout_tensors(scene), width, height)
+        else:
+            ratio = nearest_ratio(width, height)
+            prediction = self.layout.predict(self.encode([prompt], [ratio]))
+            scene = self.sample_layout(prediction, ratio, rng, temperature)
+            maps = self.layout.maps(self.layout_tensors(scene), width, height)
+            edit = edit_channels(None, None, like=maps)
+        conditioning = torch.cat([maps, edit], dim=1)
         latents = torch.randn((1, 3, height, width), generator=generator).to(self.unet.device)
         self.scheduler.set_timesteps(num_inference_steps, device=self.unet.device)
         self._num_timesteps = len(self.scheduler.timesteps)
         for i, t in enumerate(self.scheduler.timesteps):
             sigma = float(self.scheduler.sigmas[i])
-            clean = predict_clean(self.unet, latents, maps, torch.full((1,), sigma, device=latents.device))
+            t_now = torch.full((1,), sigma, device=latents.device)
+            clean = predict_clean(self.unet, latents, conditioning, t_now)
             velocity = (latents - clean) / max(sigma, MIN_FLOW_T)
             latents = self.scheduler.step(velocity, t, latents).prev_sample
             if callback_on_step_end is not None:

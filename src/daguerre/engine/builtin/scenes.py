@@ -164,7 +164,7 @@ def _fits(x: float, y: float, radius: float, ratio: str, margin: float = 0.02) -
     return ex + margin <= x <= 1 - ex - margin and ey + margin <= y <= 1 - ey - margin
 
 
-def _clamp_inside(x: float, y: float, radius: float, ratio: str, margin: float = 0.02) -> tuple[float, float]:
+def clamp_inside(x: float, y: float, radius: float, ratio: str, margin: float = 0.02) -> tuple[float, float]:
     ex, ey = _extent(radius, ratio)
     return (
         min(max(x, ex + margin), 1 - ex - margin),
@@ -195,7 +195,7 @@ def _radius(rng: random.Random, size: str, ratio: str) -> float:
 def _place_in_region(rng: random.Random, region: str, radius: float, ratio: str) -> tuple[float, float]:
     cx, cy = REGIONS[region]
     x, y = cx + rng.uniform(-0.06, 0.06), cy + rng.uniform(-0.06, 0.06)
-    return _clamp_inside(x, y, radius, ratio)
+    return clamp_inside(x, y, radius, ratio)
 
 
 def _place_anywhere(rng: random.Random, radius: float, ratio: str) -> tuple[float, float]:

@@ -16,7 +16,7 @@ from tokenizers.models import WordLevel
 from transformers import BertConfig, PreTrainedTokenizerFast
 
 from daguerre.engine.builtin import scenes
-from daguerre.engine.builtin.model import IMAGE_GRID, MAX_TEXT_TOKENS, SLOTS, SPECIAL_TOKENS
+from daguerre.engine.builtin.model import MAX_TEXT_TOKENS, SLOTS, SPECIAL_TOKENS
 
 
 def vocabulary(samples: int = 20000, seed: int = 0) -> list[str]:
@@ -67,7 +67,7 @@ def text_encoder_config(vocab_size: int, hidden_size: int = 128, layers: int = 3
         num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=hidden_size * 2,
-        max_position_embeddings=MAX_TEXT_TOKENS + IMAGE_GRID * IMAGE_GRID + 8,
+        max_position_embeddings=MAX_TEXT_TOKENS + 8,
         type_vocab_size=2,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,

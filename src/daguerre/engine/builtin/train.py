@@ -1,11 +1,13 @@
 """Train the built-in model on CPU: `python -m daguerre.engine.builtin.train --out runs/builtin`.
 
-Every step draws fresh scenes from the generator (in a data-loader process) and trains both parts:
+Every step draws fresh scenes from the generator (in a data-loader process) and trains every part:
 
-* the text encoder and layout heads on captions (text-to-image) and instructions with their source
-  images (edits), against the generator's ground-truth layouts;
+* the text encoder and layout heads on captions (text-to-image: the ground-truth layout) and on edit
+  instructions (the edit's kind, the object it refers to, the new colour, shape, place, background);
+* the shape reader on the masks of the rendered objects, as `analysis.analyse` finds them;
 * the denoiser with rectified flow on rendered scenes, conditioned on their ground-truth layout maps,
-  at a random aspect ratio and size class each step.
+  at a random aspect ratio and size class each step; a third of them are edits, which also see the
+  kept part of the source picture.
 
 Progress goes to stdout and to `<out>/log.jsonl` (losses, samples per second, learning rate).
 Checkpoints (`<out>/checkpoint.pt`, written atomically) let a run resume where it stopped; the data
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import typer
@@ -32,7 +35,16 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import BertModel
 
 from daguerre.engine.builtin import scenes
-from daguerre.engine.builtin.model import UNSHUFFLE, Layout, LayoutModel, network_output, preconditioning
+from daguerre.engine.builtin.analysis import analyse, mask_crop
+from daguerre.engine.builtin.editing import edit_targets, keep_mask
+from daguerre.engine.builtin.model import (
+    EDIT_CHANNELS,
+    UNSHUFFLE,
+    Layout,
+    LayoutModel,
+    network_output,
+    preconditioning,
+)
 from daguerre.engine.builtin.pipeline import BuiltinPipeline, layout_from_scenes
 from daguerre.engine.builtin.text import build_tokenizer, text_encoder_config, vocabulary
 from daguerre.sizing import size_table
@@ -47,6 +59,7 @@ class TrainConfig:
     caption_batch: int = 64
     edit_batch: int = 32
     image_batch: int = 24
+    edit_image_fraction: float = 1 / 3
     learning_rate: float = 5e-4
     layout_learning_rate: float = 1e-3
     warmup_steps: int = 200
@@ -90,36 +103,57 @@ def make_batch(config: TrainConfig, step: int) -> dict[str, Any]:
         captions.append(scenes.describe(scene, rng))
         caption_ratios.append(ratio)
         caption_scenes.append(scene)
-    instructions, edit_ratios, sources, edit_targets = [], [], [], []
+    instruction_edits = []
     for _ in range(config.edit_batch):
-        ratio = rng.choice(ASPECT_RATIOS)
-        scene = scenes.sample_scene(rng, ratio, max_count=max(1, min(max_objects, 3)))
-        edit = scenes.sample_edit(rng, scene)
-        width, height = size_table(64 * 64, 8)[ratio]
-        instructions.append(edit.instruction)
-        edit_ratios.append(ratio)
-        sources.append(_image_tensor(scenes.render(edit.source, width, height)))
-        # Edit targets list their objects left to right: the model reads positions off the image.
-        ordered = tuple(sorted(edit.target.shapes, key=lambda s: s.x))
-        edit_targets.append(scenes.Scene(edit.target.background, ordered, ratio))
+        scene = scenes.sample_scene(rng, rng.choice(ASPECT_RATIOS), max_count=max_objects)
+        instruction_edits.append(scenes.sample_edit(rng, scene))
+    # The denoiser's images, all at one size this step; the first ones are edits.
     ratio = rng.choice(ASPECT_RATIOS)
     area = rng.choices(config.image_areas, weights=config.image_area_weights)[0]
     width, height = size_table(area, 8)[ratio]
-    image_scenes = [scenes.sample_scene(rng, ratio, max_count=max_objects) for _ in range(config.image_batch)]
-    images = torch.stack([_image_tensor(scenes.render(s, width, height)) for s in image_scenes])
+    n_edits = round(config.image_batch * config.edit_image_fraction)
+    targets, pictures, edit_maps, crops, crop_labels = [], [], [], [], []
+    for i in range(config.image_batch):
+        scene = scenes.sample_scene(rng, ratio, max_count=max_objects)
+        picture = scenes.render(scene, width, height)
+        channels = torch.zeros(EDIT_CHANNELS, height, width)
+        if i < n_edits:
+            edit = scenes.sample_edit(rng, scene)
+            source = np.asarray(picture)
+            keep = torch.from_numpy(
+                keep_mask(edit.source, edit.target, source, np.array(scenes.PALETTE[scene.background]))
+            )
+            channels = torch.cat([_image_tensor(picture) * keep, keep[None]])
+            scene, picture = edit.target, scenes.render(edit.target, width, height)
+        targets.append(scene)
+        pictures.append(_image_tensor(picture))
+        edit_maps.append(channels)
+        for crop, label in _shape_crops(picture, scene):
+            crops.append(crop)
+            crop_labels.append(label)
     return {
         "captions": captions,
         "caption_ratios": caption_ratios,
         "caption_layout": layout_from_scenes(caption_scenes),
-        "instructions": instructions,
-        "edit_ratios": edit_ratios,
-        "sources": [
-            F.interpolate(s[None], size=(64, 64), mode="bilinear", align_corners=False)[0] for s in sources
-        ],
-        "edit_layout": layout_from_scenes(edit_targets),
-        "images": images,
-        "image_layout": layout_from_scenes(image_scenes),
+        "instructions": [e.instruction for e in instruction_edits],
+        "edit_ratios": [e.source.ratio for e in instruction_edits],
+        "edit_targets": edit_targets(instruction_edits),
+        "images": torch.stack(pictures),
+        "image_layout": layout_from_scenes(targets),
+        "edit_channels": torch.stack(edit_maps),
+        "shape_crops": torch.from_numpy(np.stack(crops))[:, None] if crops else torch.zeros(0, 1, 32, 32),
+        "shape_labels": torch.tensor(crop_labels, dtype=torch.long),
     }
+
+
+def _shape_crops(picture: Any, scene: scenes.Scene) -> list[tuple[np.ndarray, int]]:
+    """The mask crop of each object the analysis finds, labelled with the shape drawn nearest it."""
+    found = []
+    for region in analyse(picture).regions:
+        nearest = min(scene.shapes, key=lambda s: (s.x - region.x) ** 2 + (s.y - region.y) ** 2, default=None)
+        if nearest is not None and abs(nearest.x - region.x) + abs(nearest.y - region.y) < nearest.radius:
+            found.append((mask_crop(region.mask), scenes.SHAPES.index(nearest.kind)))
+    return found
 
 
 class SceneStream(IterableDataset[dict[str, Any]]):
@@ -142,7 +176,7 @@ def build_pipeline(config: TrainConfig) -> BuiltinPipeline:
     tokenizer = build_tokenizer(vocabulary(samples=config.vocabulary_samples, seed=config.seed))
     text_encoder = BertModel(text_encoder_config(len(tokenizer), config.hidden_size, config.text_layers))
     layout = LayoutModel(hidden_size=config.hidden_size)
-    channels = 3 + layout.map_channels
+    channels = 3 + layout.map_channels + EDIT_CHANNELS
     unet = UNet2DModel(
         sample_size=32,
         in_channels=channels * UNSHUFFLE * UNSHUFFLE,
@@ -168,17 +202,22 @@ def _modules(pipe: BuiltinPipeline) -> dict[str, torch.nn.Module]:
 
 def layout_losses(pipe: BuiltinPipeline, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     text = pipe.layout.predict(pipe.encode(batch["captions"], batch["caption_ratios"]))
-    edits = pipe.layout.predict(
-        pipe.encode(batch["instructions"], batch["edit_ratios"], torch.stack(batch["sources"]))
-    )
+    edits = pipe.layout.predict(pipe.encode(batch["instructions"], batch["edit_ratios"], edit=True))
     losses = {f"t2i_{k}": v for k, v in pipe.layout.loss(text, batch["caption_layout"]).items()}
-    edit_terms = pipe.layout.loss(edits, batch["edit_layout"], match=True)
+    edit_terms = pipe.layout.edit_loss(edits, batch["edit_targets"])
     losses.update({f"edit_{k}": v for k, v in edit_terms.items()})
+    if len(batch["shape_labels"]):
+        logits = pipe.layout.shape_reader(batch["shape_crops"])
+        losses["shape_reader"] = F.cross_entropy(logits, batch["shape_labels"])
     return losses
 
 
 def flow_loss(
-    pipe: BuiltinPipeline, images: torch.Tensor, layout: Layout, generator: torch.Generator
+    pipe: BuiltinPipeline,
+    images: torch.Tensor,
+    layout: Layout,
+    edit_channels: torch.Tensor,
+    generator: torch.Generator,
 ) -> torch.Tensor:
     """Rectified flow with EDM preconditioning: the network's output is scored against the target
     that makes c_skip * x_t + c_out * F equal the clean image, which has unit variance at every t.
@@ -195,7 +234,8 @@ def flow_loss(
     tt = t.view(-1, 1, 1, 1)
     noisy = (1 - tt) * images + tt * noise
     _, c_skip, c_out = preconditioning(tt)
-    output = network_output(pipe.unet, noisy, pipe.layout.maps(layout, w, h), t)
+    conditioning = torch.cat([pipe.layout.maps(layout, w, h), edit_channels], dim=1)
+    output = network_output(pipe.unet, noisy, conditioning, t)
     return F.mse_loss(output, (images - c_skip * noisy) / c_out)
 
 
@@ -252,7 +292,9 @@ def train(config: TrainConfig, out: Path, resume: bool = True, export: Path | No
         for group in optimizer.param_groups:
             group["lr"] = lr * group["base_lr"] / config.learning_rate
         losses = layout_losses(pipe, batch)
-        losses["flow"] = flow_loss(pipe, batch["images"], batch["image_layout"], generator)
+        losses["flow"] = flow_loss(
+            pipe, batch["images"], batch["image_layout"], batch["edit_channels"], generator
+        )
         total = torch.stack(list(losses.values())).sum()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
