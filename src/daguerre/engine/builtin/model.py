@@ -18,9 +18,10 @@ Parts, all diffusers / transformers components, saved together as one pipeline:
    `preconditioning`) to predict the clean image; sampling turns that prediction into the flow's
    velocity. It sees the noisy image, the layout rendered as maps (inside each object's disk: the
    offset from its centre in radii, a learned embedding of its shape, its colour; everywhere: the
-   background colour) and, for edits, the source image with the parts that change blanked out plus
-   the mask of what is kept (as inpainting models see theirs). The maps are resolution-independent,
-   so one network draws at any size and aspect ratio.
+   background colour), for edits the source image with the parts that change blanked out plus
+   the mask of what is kept (as inpainting models see theirs), and each object's silhouette with
+   its colour (a semantic map, as SPADE / ControlNet-seg models see theirs). The maps are
+   resolution-independent, so one network draws at any size and aspect ratio.
 
 For training, every part is supervised by the scene generator's ground truth; the denoiser is
 conditioned on ground-truth layouts. At sampling time it follows the layout (or edited scene) the
@@ -32,14 +33,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from PIL import Image, ImageDraw
 from torch import nn
 
 from daguerre.engine.builtin.analysis import shape_network
-from daguerre.engine.builtin.scenes import COLOURS, PALETTE, SHAPES
+from daguerre.engine.builtin.scenes import COLOURS, PALETTE, SHAPES, outline
 from daguerre.wire import ASPECT_RATIOS
 
 SLOTS = 3
@@ -52,7 +55,8 @@ EDIT_KINDS = ("recolour", "background", "move", "add", "remove")
 MASK_RADIUS = 1.4  # object maps cover the disk of this many radii around each centre
 EDIT_CHANNELS = 4  # the kept part of an edit's source (3) and the kept mask (1)
 UNSHUFFLE = 2  # the denoiser runs at half resolution on 2x2 pixel blocks
-MIN_FLOW_T = 0.05  # the velocity implied by a predicted clean image is (x_t - x0) / max(t, MIN_FLOW_T)
+SILHOUETTE_CHANNELS = 4  # each object's silhouette (1) and the silhouettes coloured (3)
+TEMPLATE_SIZE = 192  # silhouettes are sampled from templates of this many pixels a side
 
 
 @dataclass
@@ -132,11 +136,20 @@ class LayoutModel(ModelMixin, ConfigMixin):
         self.shape_reader = shape_network()
         palette = torch.tensor([PALETTE[c] for c in COLOURS], dtype=torch.float32) / 127.5 - 1
         self.register_buffer("palette", palette, persistent=False)
+        self.register_buffer("templates", silhouette_templates(), persistent=False)
 
     @property
-    def map_channels(self) -> int:
-        """Offsets (2), inside (1), shape embedding, object colour (3), background colour (3)."""
-        return 3 + int(self.config["map_embedding_dim"]) + 3 + 3
+    def conditioning_channels(self) -> int:
+        """Offsets (2), inside (1), shape embedding, object colour (3), background colour (3); the
+        edit channels; the silhouette channels."""
+        return 3 + int(self.config["map_embedding_dim"]) + 3 + 3 + EDIT_CHANNELS + SILHOUETTE_CHANNELS
+
+    def conditioning(self, layout: Layout, edit: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """Everything the denoiser sees besides the noisy image, (B, conditioning_channels, H, W).
+        (The silhouettes come last: a checkpoint trained before they existed warm-starts by
+        widening its first convolution with zeros, see `train.warm_start`.)"""
+        maps = self.maps(layout, width, height)
+        return torch.cat([maps, edit, self.silhouettes(layout, width, height)], dim=1)
 
     def mix_phrases(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, T, hidden) word embeddings -> the same with local phrase context added."""
@@ -157,16 +170,8 @@ class LayoutModel(ModelMixin, ConfigMixin):
         )
 
     def maps(self, layout: Layout, width: int, height: int) -> torch.Tensor:
-        """The layout as (B, map_channels, height, width) conditioning maps for the denoiser."""
-        device = layout.x.device
-        short = min(width, height)
-        u = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
-        v = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
-        # offsets from each centre in radii: (B, SLOTS, H, W)
-        radius = layout.radius.clamp(min=1e-3)[..., None, None]
-        dx = (u.view(1, 1, 1, -1) - layout.x[..., None, None]) * (width / short) / radius
-        dy = (v.view(1, 1, -1, 1) - layout.y[..., None, None]) * (height / short) / radius
-        dx, dy = torch.broadcast_tensors(dx, dy)
+        """The layout as (B, 3 + D + 3 + 3, height, width) maps: per object disk and background."""
+        dx, dy = offsets(layout, width, height)
         inside = ((dx**2 + dy**2) <= MASK_RADIUS**2).float() * layout.exists[..., None, None].float()
         shape = self.shape_embedding(layout.shape)  # (B, SLOTS, D)
         colour = self.palette[layout.colour]  # (B, SLOTS, 3)
@@ -183,6 +188,18 @@ class LayoutModel(ModelMixin, ConfigMixin):
         objects = per_slot.sum(dim=1)
         background = self.palette[layout.background][..., None, None].expand(-1, -1, height, width)
         return torch.cat([objects, background], dim=1)
+
+    def silhouettes(self, layout: Layout, width: int, height: int) -> torch.Tensor:
+        """(B, SILHOUETTE_CHANNELS, H, W): where each object is (its shape's template, sampled
+        bilinearly, so edges are anti-aliased at any size) and the same coloured."""
+        dx, dy = offsets(layout, width, height)
+        b, slots, h, w = dx.shape
+        grid = torch.stack([dx, dy], dim=-1).view(b * slots, h, w, 2) / MASK_RADIUS
+        templates = self.templates[layout.shape.view(-1)]  # (B * SLOTS, 1, T, T)
+        occupancy = F.grid_sample(templates, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        occupancy = occupancy.view(b, slots, h, w) * layout.exists[..., None, None].float()
+        colour = self.palette[layout.colour][..., None, None] * occupancy[:, :, None]  # (B, SLOTS, 3, H, W)
+        return torch.cat([occupancy.sum(dim=1, keepdim=True).clamp(max=1), colour.sum(dim=1)], dim=1)
 
     def loss(self, prediction: LayoutPrediction, target: Layout) -> dict[str, torch.Tensor]:
         """Supervised layout losses for prompts (slots in the order the prompt names the objects)."""
@@ -223,6 +240,33 @@ class LayoutModel(ModelMixin, ConfigMixin):
             "geometry": (nll * target.geometry_mask).sum() / target.geometry_mask.sum().clamp(min=1),
             "background": masked_ce(prediction.background_logits, target.background, target.background_mask),
         }
+
+
+def offsets(layout: Layout, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's offset from each object's centre in radii: two (B, SLOTS, H, W) tensors."""
+    device = layout.x.device
+    short = min(width, height)
+    u = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+    v = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+    radius = layout.radius.clamp(min=1e-3)[..., None, None]
+    dx = (u.view(1, 1, 1, -1) - layout.x[..., None, None]) * (width / short) / radius
+    dy = (v.view(1, 1, -1, 1) - layout.y[..., None, None]) * (height / short) / radius
+    dx, dy = torch.broadcast_tensors(dx, dy)
+    return dx, dy
+
+
+def silhouette_templates(size: int = TEMPLATE_SIZE) -> torch.Tensor:
+    """(len(SHAPES), 1, size, size): each shape's coverage over [-MASK_RADIUS, MASK_RADIUS] radii,
+    drawn by the scene generator's own outlines (4x supersampled)."""
+    big = size * 4
+    scale = big / (2 * MASK_RADIUS)
+    masks = []
+    for kind in SHAPES:
+        canvas = Image.new("L", (big, big), 0)
+        ImageDraw.Draw(canvas).polygon(outline(kind, big / 2, big / 2, scale), fill=255)
+        small = canvas.resize((size, size), Image.Resampling.BOX)
+        masks.append(torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0))
+    return torch.stack(masks)[:, None]
 
 
 def gaussian_nll(mean: torch.Tensor, log_std: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

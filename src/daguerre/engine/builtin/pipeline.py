@@ -29,7 +29,6 @@ from daguerre.engine.builtin import scenes
 from daguerre.engine.builtin.analysis import analyse, classifier, to_scene
 from daguerre.engine.builtin.editing import apply_edit, keep_mask
 from daguerre.engine.builtin.model import (
-    MIN_FLOW_T,
     SLOTS,
     Layout,
     LayoutModel,
@@ -171,14 +170,12 @@ class BuiltinPipeline(DiffusionPipeline):
         rng = random.Random(seed)
         if image is not None:
             scene, edit = self.edit_scene(prompt, image, width, height, rng, temperature)
-            maps = self.layout.maps(self.layout_tensors(scene), width, height)
         else:
             ratio = nearest_ratio(width, height)
             prediction = self.layout.predict(self.encode([prompt], [ratio]))
             scene = self.sample_layout(prediction, ratio, rng, temperature)
-            maps = self.layout.maps(self.layout_tensors(scene), width, height)
-            edit = edit_channels(None, None, like=maps)
-        conditioning = torch.cat([maps, edit], dim=1)
+            edit = edit_channels(None, None, like=torch.empty(1, 0, height, width, device=self.unet.device))
+        conditioning = self.layout.conditioning(self.layout_tensors(scene), edit, width, height)
         latents = torch.randn((1, 3, height, width), generator=generator).to(self.unet.device)
         self.scheduler.set_timesteps(num_inference_steps, device=self.unet.device)
         self._num_timesteps = len(self.scheduler.timesteps)
@@ -186,7 +183,7 @@ class BuiltinPipeline(DiffusionPipeline):
             sigma = float(self.scheduler.sigmas[i])
             t_now = torch.full((1,), sigma, device=latents.device)
             clean = predict_clean(self.unet, latents, conditioning, t_now)
-            velocity = (latents - clean) / max(sigma, MIN_FLOW_T)
+            velocity = (latents - clean) / sigma  # the flow's velocity; sigma > 0 at every step
             latents = self.scheduler.step(velocity, t, latents).prev_sample
             if callback_on_step_end is not None:
                 callback_on_step_end(self, i, t, {"latents": latents})

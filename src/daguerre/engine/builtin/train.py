@@ -22,7 +22,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -74,7 +74,7 @@ class TrainConfig:
     text_layers: int = 3
     unet_channels: tuple[int, ...] = (48, 96, 96)
     vocabulary_samples: int = 20000
-    extra: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # a checkpoint whose EMA weights the run starts from
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def build_pipeline(config: TrainConfig) -> BuiltinPipeline:
     tokenizer = build_tokenizer(vocabulary(samples=config.vocabulary_samples, seed=config.seed))
     text_encoder = BertModel(text_encoder_config(len(tokenizer), config.hidden_size, config.text_layers))
     layout = LayoutModel(hidden_size=config.hidden_size)
-    channels = 3 + layout.map_channels + EDIT_CHANNELS
+    channels = 3 + layout.conditioning_channels
     unet = UNet2DModel(
         sample_size=32,
         in_channels=channels * UNSHUFFLE * UNSHUFFLE,
@@ -234,7 +234,7 @@ def flow_loss(
     tt = t.view(-1, 1, 1, 1)
     noisy = (1 - tt) * images + tt * noise
     _, c_skip, c_out = preconditioning(tt)
-    conditioning = torch.cat([pipe.layout.maps(layout, w, h), edit_channels], dim=1)
+    conditioning = pipe.layout.conditioning(layout, edit_channels, w, h)
     output = network_output(pipe.unet, noisy, conditioning, t)
     return F.mse_loss(output, (images - c_skip * noisy) / c_out)
 
@@ -267,6 +267,8 @@ def train(config: TrainConfig, out: Path, resume: bool = True, export: Path | No
         lr=config.learning_rate,
         weight_decay=0.01,
     )
+    if config.init_from is not None:
+        warm_start(modules, Path(config.init_from))
     ema = {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
     step, elapsed = 0, 0.0
     if resume and checkpoint_path.exists():
@@ -343,6 +345,26 @@ def train(config: TrainConfig, out: Path, resume: bool = True, export: Path | No
     return final
 
 
+def warm_start(modules: dict[str, torch.nn.Module], checkpoint: Path) -> None:
+    """Start from the EMA weights of an earlier run's checkpoint. A denoiser trained before the
+    conditioning gained channels (they are always appended last) is widened with zero weights for
+    them, so it starts out drawing exactly what it drew before and learns to use them."""
+    earlier = torch.load(checkpoint, weights_only=False)["ema"]
+    for name, module in modules.items():
+        own = module.state_dict()
+        for key, value in earlier[name].items():
+            target = own[key]
+            if target.shape == value.shape:
+                target.copy_(value)
+            elif key == "conv_in.weight" and target.shape[1] > value.shape[1]:
+                target.zero_()
+                target[:, : value.shape[1]].copy_(value)
+            else:
+                shapes = f"{tuple(value.shape)}, not {tuple(target.shape)}"
+                raise ValueError(f"{checkpoint}: {name}.{key} has shape {shapes}")
+    print(f"started from the weights of {checkpoint}", flush=True)
+
+
 def _save_checkpoint(
     path: Path,
     modules: dict[str, torch.nn.Module],
@@ -399,9 +421,18 @@ def main(
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing checkpoint.")] = False,
     export: Annotated[Path | None, typer.Option(help="Also write the final pipeline here.")] = None,
     image_batch: Annotated[int, typer.Option(help="Denoiser images per step.")] = TrainConfig.image_batch,
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from the weights of this checkpoint (fine-tuning).")
+    ] = None,
 ) -> None:
     """Train (or resume training) the built-in text-to-image and edit model."""
-    config = TrainConfig(steps=steps, seed=seed, threads=threads, image_batch=image_batch)
+    config = TrainConfig(
+        steps=steps,
+        seed=seed,
+        threads=threads,
+        image_batch=image_batch,
+        init_from=str(init_from) if init_from is not None else None,
+    )
     final = train(config, out, resume=not fresh, export=export)
     typer.echo(f"pipeline written to {final}")
 
