@@ -16,6 +16,8 @@ from daguerre.engine.builtin.evaluate import (
     score_edit,
     score_prompt,
 )
+from daguerre.engine.builtin.model import LayoutModel
+from daguerre.engine.builtin.pipeline import layout_from_scenes
 from daguerre.sizing import size_table
 from daguerre.wire import ASPECT_RATIOS
 
@@ -112,3 +114,24 @@ def test_the_analysis_reads_the_generators_own_renderings_perfectly(shape_classi
         assert not score_edit(edit, analyse(scenes.render(edit.source, width, height), shape_classifier))[
             "pass"
         ]
+
+
+@pytest.mark.parametrize("ratio", ["1:1", "16:9", "9:16"])
+def test_the_denoisers_silhouette_maps_cover_exactly_what_the_renderer_draws(ratio):
+    """The layout the denoiser sees as silhouettes is the scene the generator renders, at any size."""
+    layout_model = LayoutModel(hidden_size=16)
+    rng = random.Random(3)
+    overlaps = []
+    for _ in range(8):
+        scene = scenes.sample_scene(rng, ratio)
+        width, height = size_table(96 * 96, 8)[ratio]
+        maps = layout_model.silhouettes(layout_from_scenes([scene]), width, height)[0].numpy()
+        white = tuple(scenes.Shape(s.kind, "white", s.x, s.y, s.radius) for s in scene.shapes)
+        drawn = np.asarray(scenes.render(scenes.Scene("black", white, ratio), width, height))[..., 0] > 128
+        covered = maps[0] > 0.5
+        overlaps.append((drawn & covered).sum() / (drawn | covered).sum())
+        picture = np.asarray(scenes.render(scene, width, height)).astype(np.float32)
+        colour = (maps[1:].transpose(1, 2, 0) + 1) * 127.5
+        solid = (maps[0] > 0.99) & drawn
+        assert np.abs(colour[solid] - picture[solid]).mean() < 3  # a few edge pixels differ
+    assert min(overlaps) > 0.85 and np.mean(overlaps) > 0.93, overlaps

@@ -9,8 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
+from daguerre.engine.builtin.model import SILHOUETTE_CHANNELS, UNSHUFFLE
 from daguerre.engine.builtin.pipeline import BuiltinPipeline
-from daguerre.engine.builtin.train import TrainConfig, pipeline_from_checkpoint, train
+from daguerre.engine.builtin.train import (
+    TrainConfig,
+    build_pipeline,
+    pipeline_from_checkpoint,
+    train,
+    warm_start,
+)
 
 TINY = {
     "caption_batch": 4,
@@ -89,3 +96,33 @@ def test_a_checkpoint_can_be_evaluated_while_training(run):
     out, _ = run
     pipe = pipeline_from_checkpoint(out / "checkpoint.pt")
     assert pipe(prompt="a circle", width=32, height=32, num_inference_steps=2).images[0].size == (32, 32)
+
+
+def test_a_run_can_start_from_an_earlier_checkpoint_with_fewer_conditioning_channels(run, tmp_path):
+    """`--init-from`: matching tensors are copied; a denoiser from before the silhouette channels
+    existed is widened with zeros, so it draws what it drew before."""
+    out, _ = run
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    full = state["ema"]["unet"]["conv_in.weight"]
+    narrow = full[:, : full.shape[1] - SILHOUETTE_CHANNELS * UNSHUFFLE**2].clone()
+    state["ema"]["unet"]["conv_in.weight"] = narrow
+    earlier = tmp_path / "earlier.pt"
+    torch.save(state, earlier)
+
+    pipe = build_pipeline(TrainConfig(**TINY))
+    warm_start({"text_encoder": pipe.text_encoder, "layout": pipe.layout, "unet": pipe.unet}, earlier)
+    widened = pipe.unet.state_dict()["conv_in.weight"]
+    assert torch.equal(widened[:, : narrow.shape[1]], narrow)
+    assert not widened[:, narrow.shape[1] :].any()
+    assert torch.equal(pipe.unet.state_dict()["conv_out.bias"], state["ema"]["unet"]["conv_out.bias"])
+
+    tuned = tmp_path / "tuned"
+    train(TrainConfig(steps=1, init_from=str(earlier), **TINY), tuned)
+    assert json.loads((tuned / "summary.json").read_text())["config"]["init_from"] == str(earlier)
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(run, tmp_path):
+    out, _ = run
+    pipe = build_pipeline(TrainConfig(**{**TINY, "unet_channels": (16, 16, 32)}))
+    with pytest.raises(ValueError, match="unet"):
+        warm_start({"unet": pipe.unet}, out / "checkpoint.pt")
