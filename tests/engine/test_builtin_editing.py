@@ -109,7 +109,9 @@ def test_an_edit_always_changes_something():
     same_background = apply_edit(SCENE, prediction("background", background="white"), rng)
     assert same_background.background != "white"
     empty = scenes.Scene("white", (), "1:1")
-    assert apply_edit(empty, prediction("remove", ("star", "red")), rng) == empty
+    remove = prediction("remove", ("star", "red"), background="black")
+    remove.kind_logits[0, EDIT_KINDS.index("background")] = 5.0
+    assert apply_edit(empty, remove, rng) == scenes.Scene("black", (), "1:1")  # the next likely edit
 
 
 def test_the_kept_mask_blanks_what_changes():
@@ -138,3 +140,20 @@ def test_edit_targets_label_each_field_where_it_applies():
     recolour = edits[0]
     assert scenes.COLOURS[int(target.new_colour[0])] == recolour.target.shapes[recolour.index].colour
     assert scenes.COLOURS[int(target.referent_colour[0])] == recolour.source.shapes[recolour.index].colour
+
+
+def test_an_add_of_an_object_the_source_already_shows_is_read_as_the_next_likely_edit():
+    """No two objects share shape and colour in the generator's world: "the red star should be at
+    the top" names the red star that is there, so a predicted "add" of it gives way to "move"."""
+    rng = random.Random(0)
+    guess = prediction("add", ("star", "red"), new_colour="red", new_shape="star", place=(0.5, 0.2, 0.15))
+    guess.kind_logits[0, EDIT_KINDS.index("move")] = 5.0
+    moved = apply_edit(SCENE, guess, rng)
+    assert len(moved.shapes) == 2 and moved.shapes[1] == BLUE_CIRCLE
+    assert (moved.shapes[0].x, moved.shapes[0].y) == pytest.approx((0.5, 0.2), abs=0.02)
+    # a new object is still added, and a full scene takes no more
+    other = prediction("add", new_colour="red", new_shape="heart", place=(0.5, 0.2, 0.1))
+    other.kind_logits[0, EDIT_KINDS.index("move")] = 5.0
+    assert len(apply_edit(SCENE, other, rng).shapes) == 3
+    full = scenes.Scene("white", (*SCENE.shapes, scenes.Shape("heart", "red", 0.5, 0.8, 0.1)), "1:1")
+    assert len(apply_edit(full, other, rng).shapes) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -12,11 +13,13 @@ from PIL import Image
 from daguerre.engine.builtin.model import SILHOUETTE_CHANNELS, UNSHUFFLE
 from daguerre.engine.builtin.pipeline import BuiltinPipeline
 from daguerre.engine.builtin.train import (
+    UNKNOWN,
     TrainConfig,
     build_pipeline,
     pipeline_from_checkpoint,
     train,
     warm_start,
+    with_unknown_words,
 )
 
 TINY = {
@@ -126,3 +129,24 @@ def test_a_checkpoint_of_another_architecture_is_refused(run, tmp_path):
     pipe = build_pipeline(TrainConfig(**{**TINY, "unet_channels": (16, 16, 32)}))
     with pytest.raises(ValueError, match="unet"):
         warm_start({"unet": pipe.unet}, out / "checkpoint.pt")
+
+
+def test_a_text_only_run_keeps_the_denoiser_and_trains_the_layout_heads(run, tmp_path):
+    out, _ = run
+    tuned = tmp_path / "text"
+    train(TrainConfig(steps=2, init_from=str(out / "checkpoint.pt"), text_only=True, **TINY), tuned)
+    before = torch.load(out / "checkpoint.pt", weights_only=False)["ema"]
+    after = torch.load(tuned / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(after["unet"][k], v) for k, v in before["unet"].items())
+    assert any(not torch.equal(after["layout"][k], v) for k, v in before["layout"].items())
+    records = [json.loads(line) for line in (tuned / "log.jsonl").read_text().splitlines()]
+    assert "flow" not in records[-1] and "t2i_colour" in records[-1]
+
+
+def test_unknown_words_are_mixed_into_training_texts():
+    rng = random.Random(0)
+    text = "move the red star to the left"
+    noisy = [with_unknown_words(text, rng) for _ in range(50)]
+    assert all(set(n.split()) <= set(text.split()) | {UNKNOWN} for n in noisy)
+    assert sum(UNKNOWN in n for n in noisy) > 25
+    assert any(n.split().count(UNKNOWN) >= 2 for n in noisy)

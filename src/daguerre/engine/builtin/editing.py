@@ -17,7 +17,7 @@ import torch
 
 from daguerre.engine.builtin import scenes
 from daguerre.engine.builtin.analysis import FOREGROUND_DISTANCE
-from daguerre.engine.builtin.model import EDIT_KINDS, EditTarget, LayoutPrediction
+from daguerre.engine.builtin.model import EDIT_KINDS, SLOTS, EditTarget, LayoutPrediction
 
 KEEP_RADIUS = 1.25  # radii around a changing object that are redrawn
 
@@ -75,27 +75,27 @@ def _best_other(logits: torch.Tensor, avoid: int) -> int:
 def apply_edit(
     source: scenes.Scene, prediction: LayoutPrediction, rng: random.Random, temperature: float = 0.5
 ) -> scenes.Scene:
-    """The scene after the edit the first row of `prediction` describes. The edited object is the
-    one of the source the instruction most likely refers to; an edit that needs an object when the
-    source shows none leaves the scene as it is."""
-    kind = EDIT_KINDS[int(prediction.kind_logits[0].argmax())]
+    """The scene after the edit the first row of `prediction` describes: the most likely kind of
+    edit that the source allows (see `_possible`), so an edit always changes something. The edited
+    object is the one of the source the instruction most likely refers to."""
     shapes = list(source.shapes)
     ratio = source.ratio
+    added_colour = scenes.COLOURS[
+        _best_other(prediction.colour_logits[0, 1], scenes.COLOURS.index(source.background))
+    ]
+    added_kind = scenes.SHAPES[int(prediction.shape_logits[0, 1].argmax())]
+    ranked = [EDIT_KINDS[i] for i in prediction.kind_logits[0].argsort(descending=True).tolist()]
+    kind = next(k for k in ranked if _possible(k, source, added_kind, added_colour))
     if kind == "background":
         avoid = scenes.COLOURS.index(source.background)
         return replace(source, background=scenes.COLOURS[_best_other(prediction.background_logits[0], avoid)])
     mean = prediction.geometry_mean[0, 1].tolist()
     std = prediction.geometry_log_std[0, 1].exp().tolist()
     if kind == "add":
-        colour = scenes.COLOURS[
-            _best_other(prediction.colour_logits[0, 1], scenes.COLOURS.index(source.background))
-        ]
-        kind_ = scenes.SHAPES[int(prediction.shape_logits[0, 1].argmax())]
+        colour, kind_ = added_colour, added_kind
         radius = min(max(mean[2] + temperature * std[2] * rng.gauss(0, 1), 0.05), 0.3)
         x, y = scenes.clamp_inside(mean[0], mean[1], radius, ratio)
         return replace(source, shapes=(*shapes, scenes.Shape(kind_, colour, x, y, radius)))
-    if not shapes:
-        return source
     shape_logp = prediction.shape_logits[0, 0].log_softmax(-1)
     colour_logp = prediction.colour_logits[0, 0].log_softmax(-1)
     index = max(
@@ -117,6 +117,18 @@ def apply_edit(
         x, y = scenes.clamp_inside(mean[0], mean[1], old.radius, ratio)
         shapes[index] = replace(old, x=x, y=y, region=None)
     return replace(source, shapes=tuple(shapes))
+
+
+def _possible(kind: str, source: scenes.Scene, added_kind: str, added_colour: str) -> bool:
+    """Whether an edit of this kind makes sense on the source. In the generator's world no two
+    objects share both shape and colour and a scene has at most `SLOTS` objects, so "add" the
+    object the source already shows is read as a reference to it ("the red star should be at the
+    top" is a move, not a second red star); an edit of an object needs one to edit ("background"
+    always applies)."""
+    if kind == "add":
+        present = any(s.kind == added_kind and s.colour == added_colour for s in source.shapes)
+        return len(source.shapes) < SLOTS and not present
+    return kind == "background" or bool(source.shapes)
 
 
 def keep_mask(

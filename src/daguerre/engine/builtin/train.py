@@ -50,6 +50,8 @@ from daguerre.engine.builtin.text import build_tokenizer, text_encoder_config, v
 from daguerre.sizing import size_table
 from daguerre.wire import ASPECT_RATIOS
 
+UNKNOWN = "[UNK]"  # the tokenizer's unknown-word token, written out in a text
+
 
 @dataclass
 class TrainConfig:
@@ -75,6 +77,8 @@ class TrainConfig:
     unet_channels: tuple[int, ...] = (48, 96, 96)
     vocabulary_samples: int = 20000
     init_from: str | None = None  # a checkpoint whose EMA weights the run starts from
+    word_noise: float = 0.5  # the share of captions and instructions with unknown words mixed in
+    text_only: bool = False  # train the text encoder and layout heads only (the denoiser is kept)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -92,21 +96,45 @@ def _max_objects(config: TrainConfig, step: int) -> int:
     return 2 if step < config.two_objects_until else 3
 
 
+def with_unknown_words(text: str, rng: random.Random) -> str:
+    """The text with some words replaced by, and a few more inserted as, the unknown-word token:
+    people phrase things in words the templates never use ("the star should be gone"), so the
+    layout heads must read the words they know and ignore the rest."""
+    words = [UNKNOWN if rng.random() < 0.1 else word for word in text.split()]
+    for _ in range(rng.choice((0, 1, 1, 2, 3))):
+        words.insert(rng.randint(0, len(words)), UNKNOWN)
+    return " ".join(words)
+
+
 def make_batch(config: TrainConfig, step: int) -> dict[str, Any]:
     """Everything one training step needs, drawn from the generator with a seed fixed by the step."""
     rng = random.Random(config.seed * 1_000_003 + step)
     max_objects = _max_objects(config, step)
+
+    def noisy(text: str) -> str:
+        return with_unknown_words(text, rng) if rng.random() < config.word_noise else text
+
     captions, caption_ratios, caption_scenes = [], [], []
     for _ in range(config.caption_batch):
         ratio = rng.choice(ASPECT_RATIOS)
         scene = scenes.sample_scene(rng, ratio, max_count=max_objects)
-        captions.append(scenes.describe(scene, rng))
+        captions.append(noisy(scenes.describe(scene, rng)))
         caption_ratios.append(ratio)
         caption_scenes.append(scene)
     instruction_edits = []
     for _ in range(config.edit_batch):
         scene = scenes.sample_scene(rng, rng.choice(ASPECT_RATIOS), max_count=max_objects)
         instruction_edits.append(scenes.sample_edit(rng, scene))
+    batch = {
+        "captions": captions,
+        "caption_ratios": caption_ratios,
+        "caption_layout": layout_from_scenes(caption_scenes),
+        "instructions": [noisy(e.instruction) for e in instruction_edits],
+        "edit_ratios": [e.source.ratio for e in instruction_edits],
+        "edit_targets": edit_targets(instruction_edits),
+    }
+    if config.text_only:
+        return batch
     # The denoiser's images, all at one size this step; the first ones are edits.
     ratio = rng.choice(ASPECT_RATIOS)
     area = rng.choices(config.image_areas, weights=config.image_area_weights)[0]
@@ -132,12 +160,7 @@ def make_batch(config: TrainConfig, step: int) -> dict[str, Any]:
             crops.append(crop)
             crop_labels.append(label)
     return {
-        "captions": captions,
-        "caption_ratios": caption_ratios,
-        "caption_layout": layout_from_scenes(caption_scenes),
-        "instructions": [e.instruction for e in instruction_edits],
-        "edit_ratios": [e.source.ratio for e in instruction_edits],
-        "edit_targets": edit_targets(instruction_edits),
+        **batch,
         "images": torch.stack(pictures),
         "image_layout": layout_from_scenes(targets),
         "edit_channels": torch.stack(edit_maps),
@@ -206,7 +229,7 @@ def layout_losses(pipe: BuiltinPipeline, batch: dict[str, Any]) -> dict[str, tor
     losses = {f"t2i_{k}": v for k, v in pipe.layout.loss(text, batch["caption_layout"]).items()}
     edit_terms = pipe.layout.edit_loss(edits, batch["edit_targets"])
     losses.update({f"edit_{k}": v for k, v in edit_terms.items()})
-    if len(batch["shape_labels"]):
+    if len(batch.get("shape_labels", ())):
         logits = pipe.layout.shape_reader(batch["shape_crops"])
         losses["shape_reader"] = F.cross_entropy(logits, batch["shape_labels"])
     return losses
@@ -294,9 +317,10 @@ def train(config: TrainConfig, out: Path, resume: bool = True, export: Path | No
         for group in optimizer.param_groups:
             group["lr"] = lr * group["base_lr"] / config.learning_rate
         losses = layout_losses(pipe, batch)
-        losses["flow"] = flow_loss(
-            pipe, batch["images"], batch["image_layout"], batch["edit_channels"], generator
-        )
+        if not config.text_only:
+            losses["flow"] = flow_loss(
+                pipe, batch["images"], batch["image_layout"], batch["edit_channels"], generator
+            )
         total = torch.stack(list(losses.values())).sum()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -310,7 +334,7 @@ def train(config: TrainConfig, out: Path, resume: bool = True, export: Path | No
                     else:
                         ema[name][key].copy_(value)
         step += 1
-        window_samples += len(batch["captions"]) + len(batch["instructions"]) + len(batch["images"])
+        window_samples += len(batch["captions"]) + len(batch["instructions"]) + len(batch.get("images", ()))
         if step % config.log_every == 0 or step == config.steps:
             now = time.monotonic()
             record: dict[str, Any] = {
@@ -318,13 +342,13 @@ def train(config: TrainConfig, out: Path, resume: bool = True, export: Path | No
                 "elapsed_s": round(now - started, 1),
                 "lr": lr,
                 "samples_per_s": round(window_samples / (now - window_start), 1),
-                "image_size": list(batch["images"].shape[-2:]),
+                "image_size": list(batch["images"].shape[-2:]) if "images" in batch else None,
                 **{k: round(float(v.detach()), 4) for k, v in losses.items()},
             }
             with open(log_path, "a") as log:
                 log.write(json.dumps(record) + "\n")
             print(
-                f"step {step}/{config.steps}  flow {record['flow']:.4f}  "
+                f"step {step}/{config.steps}  flow {record.get('flow', float('nan')):.4f}  "
                 f"layout {sum(record[k] for k in losses if k != 'flow'):.3f}  "
                 f"{record['samples_per_s']} samples/s  {record['elapsed_s'] / 60:.1f} min",
                 flush=True,
@@ -424,6 +448,9 @@ def main(
     init_from: Annotated[
         Path | None, typer.Option(help="Start from the weights of this checkpoint (fine-tuning).")
     ] = None,
+    text_only: Annotated[
+        bool, typer.Option("--text-only", help="Train the text encoder and layout heads only.")
+    ] = False,
 ) -> None:
     """Train (or resume training) the built-in text-to-image and edit model."""
     config = TrainConfig(
@@ -432,6 +459,7 @@ def main(
         threads=threads,
         image_batch=image_batch,
         init_from=str(init_from) if init_from is not None else None,
+        text_only=text_only,
     )
     final = train(config, out, resume=not fresh, export=export)
     typer.echo(f"pipeline written to {final}")
