@@ -17,7 +17,8 @@ from daguerre.sizing import fit_size, size_table
 from daguerre.wire import ASPECT_RATIOS, FailureCode, GenerationType
 
 # A little under what bench/RESULTS.md records for the shipped weights (uni-1), so a worse model fails.
-FLOOR = {"background": 0.9, "colour": 0.8, "shape": 0.65, "position": 0.6, "edit": 0.5}
+# (This set measured 100 % on every check but shape, 96 %, on the development machine.)
+FLOOR = {"background": 0.95, "colour": 0.9, "shape": 0.85, "position": 0.85, "edit": 0.8}
 
 
 @pytest.fixture(scope="module")

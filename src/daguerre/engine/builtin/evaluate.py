@@ -438,7 +438,8 @@ def write_results(reports: list[dict[str, Any]], weights: Path | None, seed: int
         f"### Built-in model: held-out pass rates — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores. Command: "
-        f"`python -m daguerre.engine.builtin.evaluate --write` (weights: {weights or 'shipped'}, "
+        f"`python -m daguerre.engine.builtin.evaluate --prompts {reports[0]['prompts']} "
+        f"--edits {reports[0]['edits']} --write` (weights: {weights or 'shipped'}, "
         f"held-out seed {seed}).",
         "",
         "| tier | prompts | edits | " + " | ".join(keys) + " |",
