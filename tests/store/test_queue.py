@@ -171,3 +171,17 @@ def test_watcher_wakes_at_once_on_a_commit_in_the_same_process(store, key):
     assert watcher.wait(timeout=5, poll_s=10)  # the slow poll cannot be what woke it
     assert time.monotonic() - started < 1.0
     watcher.close()
+
+
+def test_active_jobs_are_counted_up_to_the_limit_and_finished_ones_not_at_all(store, key):
+    """The concurrency check costs the same however many jobs an account has waiting or had."""
+    made = [new(store, key.account_id) for _ in range(5)]
+    assert store.generations.count_active(key.account_id, up_to=3) == 3
+    assert store.generations.count_active(key.account_id, up_to=10) == 5
+    claimed = store.generations.claim("w1", lease_s=30)
+    assert claimed.id == made[0].id
+    assert store.generations.count_active(key.account_id, up_to=10) == 5  # processing counts
+    assert store.generations.complete(claimed.id, claimed.lease_token, ("out/key.png",))
+    assert store.generations.count_active(key.account_id, up_to=10) == 4
+    indexes = {ix.name: [c.name for c in ix.columns] for ix in generations.indexes}
+    assert indexes["ix_generations_account_state"] == ["account_id", "state"]

@@ -111,7 +111,7 @@ async def create_generation(request: Request, caller: CallerDep, body: JsonBody)
     if decision is not None and not decision.allowed:
         raise ApiError(429, Detail.RATE_LIMITED, decision.headers())
     concurrency = caller.concurrency_limit or settings.default_concurrency
-    if await read(store, store.generations.count_active, caller.account_id) >= concurrency:
+    if await read(store, store.generations.count_active, caller.account_id, concurrency) >= concurrency:
         raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
     inputs = (1 if create.source is not None else 0) + len(create.image_ref or [])
     price = pricing.price(settings, create.model, inputs)

@@ -88,19 +88,19 @@ class Reaped:
     reason: str
 
 
-_STATES_ACTIVE = (State.QUEUED.value, State.PROCESSING.value)
-
 # Hot-path statements are built once: constructing and cache-keying a select costs more than
 # running it on SQLite.
 _INSERT = g.insert()
-_COUNT_ACTIVE = (
-    sa.select(sa.func.count().label("active"))
-    .select_from(g)
-    .where(
-        g.c.account_id == sa.bindparam("account_id"),
-        sa.or_(g.c.state == State.QUEUED.value, g.c.state == State.PROCESSING.value),
-    )
+_ACTIVE = sa.or_(g.c.state == State.QUEUED.value, g.c.state == State.PROCESSING.value)
+# The account's active generations, counted up to the limit only (index ix_generations_account_state):
+# a create costs the same however many generations the account has had or has waiting.
+_ACTIVE_UP_TO_LIMIT = (
+    sa.select(g.c.id)
+    .where(g.c.account_id == sa.bindparam("account_id"), _ACTIVE)
+    .limit(sa.bindparam("limit"))
+    .subquery()
 )
+_COUNT_ACTIVE = sa.select(sa.func.count().label("active")).select_from(_ACTIVE_UP_TO_LIMIT)
 _GET = sa.select(g).where(g.c.id == sa.bindparam("generation_id"))
 _GET_OWNED = _GET.where(g.c.account_id == sa.bindparam("account_id"))
 
@@ -143,7 +143,9 @@ class GenerationStore:
         def insert(conn: Connection) -> GenerationRecord | Refusal:
             money.lock_account(conn, new.account_id)
             if new.concurrency_limit is not None:
-                active = conn.execute(_COUNT_ACTIVE, {"account_id": new.account_id}).scalar_one()
+                active = conn.execute(
+                    _COUNT_ACTIVE, {"account_id": new.account_id, "limit": new.concurrency_limit}
+                ).scalar_one()
                 if active >= new.concurrency_limit:
                     return Refusal.CONCURRENCY
             charged = new.metered and new.price > 0
@@ -166,9 +168,10 @@ class GenerationStore:
         row = self._db.fetch_one(query, params)
         return None if row is None else _record(row)
 
-    def count_active(self, account_id: str) -> int:
-        """Generations of the account not yet completed or failed (its concurrency slots)."""
-        row = self._db.fetch_one(_COUNT_ACTIVE, {"account_id": account_id})
+    def count_active(self, account_id: str, up_to: int) -> int:
+        """Generations of the account not yet completed or failed (its concurrency slots), counted
+        up to `up_to` (the limit they are compared with)."""
+        row = self._db.fetch_one(_COUNT_ACTIVE, {"account_id": account_id, "limit": up_to})
         assert row is not None
         return int(next(iter(row.values())))
 
@@ -336,9 +339,7 @@ class GenerationStore:
             g.c.lease_expires_at < now,
             g.c.attempts >= g.c.max_attempts,
         )
-        over_ttl = sa.and_(
-            g.c.state.in_(_STATES_ACTIVE), g.c.started_at < now - timedelta(seconds=active_job_ttl_s)
-        )
+        over_ttl = sa.and_(_ACTIVE, g.c.started_at < now - timedelta(seconds=active_job_ttl_s))
         reasons = (
             (
                 exhausted,

@@ -117,6 +117,7 @@ generations = sa.Table(
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.CheckConstraint("state IN ('queued', 'processing', 'completed', 'failed')", name="state"),
     sa.Index("ix_generations_account_created", "account_id", "created_at"),
+    sa.Index("ix_generations_account_state", "account_id", "state"),
     sa.Index("ix_generations_queue", "state", "priority", "created_at"),
     sa.Index("ix_generations_lease", "state", "lease_expires_at"),
 )
