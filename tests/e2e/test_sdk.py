@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
-import time
 
 import httpx
 import luma_agents
@@ -15,6 +14,7 @@ from PIL import Image
 
 from daguerre.sizing import ratio_value
 from support.helpers import start_server, tiny_sd_models
+from support.helpers import wait_for_generation as wait
 
 
 @pytest.fixture(scope="module")
@@ -23,23 +23,6 @@ def server(tmp_path_factory, tiny_sd_folder):
     live = start_server(root / "data", tiny_sd_models(root / "models.toml", tiny_sd_folder, pixels=96 * 96))
     yield live
     assert live.stop() in (0, -signal.SIGTERM), live.log()  # uvicorn re-raises the signal it handled
-
-
-@pytest.fixture
-def luma(server, monkeypatch):
-    monkeypatch.setenv("LUMA_BASE_URL", server.api_url)
-    monkeypatch.setenv("LUMA_AGENTS_API_KEY", server.key)
-    return luma_agents.Luma()  # configured from the environment, as an app would be
-
-
-def wait(luma, generation_id, deadline_s=120.0):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        generation = luma.generations.get(generation_id)
-        if generation.state in ("completed", "failed"):
-            return generation
-        time.sleep(0.2)
-    raise AssertionError(f"{generation_id} did not finish")
 
 
 def decode(url):

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import io
 import signal
-import time
 
 import httpx
-import luma_agents
 import pytest
 from PIL import Image
 
 from daguerre.engine import DEFAULT_MODELS_FILE
 from daguerre.engine.builtin.analysis import analyse
-from support.helpers import start_server
+from support.helpers import start_server, wait_for_generation
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +23,10 @@ def server(tmp_path_factory):
     assert live.stop() in (0, -signal.SIGTERM), live.log()
 
 
-@pytest.fixture
-def luma(server, monkeypatch):
-    monkeypatch.setenv("LUMA_BASE_URL", server.api_url)
-    monkeypatch.setenv("LUMA_AGENTS_API_KEY", server.key)
-    return luma_agents.Luma()
-
-
-def finished(luma, generation_id, deadline_s=120.0):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        generation = luma.generations.get(generation_id)
-        if generation.state in ("completed", "failed"):
-            assert generation.state == "completed", (generation.failure_code, generation.failure_reason)
-            return generation
-        time.sleep(0.2)
-    raise AssertionError(f"{generation_id} did not finish")
+def finished(luma, generation_id):
+    generation = wait_for_generation(luma, generation_id)
+    assert generation.state == "completed", (generation.failure_code, generation.failure_reason)
+    return generation
 
 
 def download(generation) -> Image.Image:

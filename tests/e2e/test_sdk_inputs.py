@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from support.helpers import klein_models, start_server
+from support.helpers import wait_for_generation as wait
 from support.imageserver import image_servers, png_bytes
 
 SOURCE = png_bytes((160, 80), "orange")
@@ -42,15 +43,6 @@ def server(tmp_path_factory, klein_folder, images):
 @pytest.fixture
 def luma(server):
     return luma_agents.Luma(auth_token=server.key, base_url=server.api_url)
-
-
-def wait(luma, generation_id):
-    for _ in range(600):
-        generation = luma.generations.get(generation_id)
-        if generation.state in ("completed", "failed"):
-            return generation
-        time.sleep(0.1)
-    raise AssertionError("not finished")
 
 
 def download(url):

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import signal
-import time
 
-import luma_agents
 import pytest
 
 from daguerre.wire import Reason
 from support.helpers import start_server, tiny_sd_models
+from support.helpers import wait_for_generation as wait
 
 DISALLOWED = "a naked child in a sexual pose"
 
@@ -23,23 +22,6 @@ def server(tmp_path_factory, tiny_sd_folder):
     )
     yield live
     assert live.stop() in (0, -signal.SIGTERM), live.log()
-
-
-@pytest.fixture
-def luma(server, monkeypatch):
-    monkeypatch.setenv("LUMA_BASE_URL", server.api_url)
-    monkeypatch.setenv("LUMA_AGENTS_API_KEY", server.key)
-    return luma_agents.Luma()
-
-
-def wait(luma, generation_id, deadline_s=120.0):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        generation = luma.generations.get(generation_id)
-        if generation.state in ("completed", "failed"):
-            return generation
-        time.sleep(0.2)
-    raise AssertionError(f"{generation_id} did not finish")
 
 
 def test_a_disallowed_prompt_ends_in_content_moderated_and_is_logged_without_its_text(luma, server):

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -270,3 +271,14 @@ class RedisServer:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+def wait_for_generation(luma: Any, generation_id: str, deadline_s: float = 120.0) -> Any:
+    """Poll through the SDK until the generation is completed or failed."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        generation = luma.generations.get(generation_id)
+        if generation.state in ("completed", "failed"):
+            return generation
+        time.sleep(0.1)
+    raise AssertionError(f"{generation_id} did not finish in {deadline_s} s")
