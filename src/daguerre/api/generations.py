@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from daguerre import pricing
-from daguerre.api.deps import CallerDep, JsonBody, base_url, read, services
+from daguerre.api.deps import CallerDep, JsonBody, authenticate, base_url, read, services
 from daguerre.api.ingest import ingest_inputs
 from daguerre.blobs import BlobStore
 from daguerre.errors import ApiError
@@ -158,8 +158,11 @@ def _drop_inputs(blobs: BlobStore, generation_id: str, keys: tuple[str, ...]) ->
     responses={401: _ERRORS[401], 404: {"model": ErrorBody, "description": "Generation not found"}},
     summary="Get a generation",
 )
-async def get_generation(generation_id: str, request: Request, caller: CallerDep) -> GenerationResponse:
+async def get_generation(generation_id: str, request: Request) -> GenerationResponse:
     """The generation's state; completed ones carry presigned output URLs valid for one hour."""
+    # Authenticated here rather than as a dependency: this is what polling clients call most, and
+    # FastAPI's dependency resolution costs more than the authentication itself.
+    caller = await authenticate(request)
     store, blobs = services(request).store, services(request).blobs
     canonical_id = parse_uuid(generation_id)
     record = (
