@@ -99,9 +99,10 @@ class GenerationResponse(Response):
 async def create_generation(request: Request, caller: CallerDep, body: JsonBody) -> GenerationResponse:
     """Validate the request, store its input images and queue it; answers with state `queued`.
 
-    Checks, in order: the body (400), requests per minute (429), concurrent jobs (429), the
-    balance (402, a cheap early look), the input images (413 / 422 / 503), and then one transaction
-    that counts the concurrent jobs again, holds the price and inserts the row. Everything here is
+    Checks, in order: the body (400), requests per minute (429), and then one transaction that
+    counts the concurrent jobs (429), holds the price (402) and inserts the row. A request with
+    input images takes an early look at the concurrent jobs and the balance before its images are
+    decoded and stored (413 / 422 / 503), so a refused request stores nothing. Everything here is
     CPU-light except input images (decoded and stored in the thread pool) and the insert, which the
     store's group committer runs; it is awaited without a thread."""
     svc = services(request)
@@ -111,12 +112,13 @@ async def create_generation(request: Request, caller: CallerDep, body: JsonBody)
     if decision is not None and not decision.allowed:
         raise ApiError(429, Detail.RATE_LIMITED, decision.headers())
     concurrency = caller.concurrency_limit or settings.default_concurrency
-    if await read(store, store.generations.count_active, caller.account_id, concurrency) >= concurrency:
-        raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
     inputs = (1 if create.source is not None else 0) + len(create.image_ref or [])
     price = pricing.price(settings, create.model, inputs)
-    if caller.metered and (await read(store, store.accounts.get, caller.account_id)).available < price:
-        raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
+    if inputs:  # the transaction below decides; this early look only spares storing the inputs
+        if await read(store, store.generations.count_active, caller.account_id, concurrency) >= concurrency:
+            raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
+        if caller.metered and (await read(store, store.accounts.get, caller.account_id)).available < price:
+            raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
     generation_id = str(uuid.uuid4())
     input_keys = await ingest_inputs(create, generation_id, caller.account_id, svc)
     aspect_ratio = None
@@ -137,7 +139,8 @@ async def create_generation(request: Request, caller: CallerDep, body: JsonBody)
     )
     outcome = await asyncio.wrap_future(created)
     if isinstance(outcome, Refusal):
-        await run_in_threadpool(_drop_inputs, blobs, generation_id, input_keys)
+        if input_keys:
+            await run_in_threadpool(_drop_inputs, blobs, generation_id, input_keys)
         if outcome == Refusal.CONCURRENCY:
             raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
         raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
@@ -163,7 +166,8 @@ async def get_generation(generation_id: str, request: Request) -> GenerationResp
     # Authenticated here rather than as a dependency: this is what polling clients call most, and
     # FastAPI's dependency resolution costs more than the authentication itself.
     caller = await authenticate(request)
-    store, blobs = services(request).store, services(request).blobs
+    svc = services(request)
+    store, blobs = svc.store, svc.blobs
     canonical_id = parse_uuid(generation_id)
     record = (
         await read(store, store.generations.get, canonical_id, caller.account_id) if canonical_id else None
