@@ -16,7 +16,7 @@ from daguerre.engine.builtin.evaluate import (
     score_edit,
     score_prompt,
 )
-from daguerre.engine.builtin.model import LayoutModel
+from daguerre.engine.builtin.model import LayoutModel, offsets
 from daguerre.engine.builtin.pipeline import layout_from_scenes
 from daguerre.sizing import size_table
 from daguerre.wire import ASPECT_RATIOS
@@ -125,7 +125,8 @@ def test_the_denoisers_silhouette_maps_cover_exactly_what_the_renderer_draws(rat
     for _ in range(8):
         scene = scenes.sample_scene(rng, ratio)
         width, height = size_table(96 * 96, 8)[ratio]
-        maps = layout_model.silhouettes(layout_from_scenes([scene]), width, height)[0].numpy()
+        layout = layout_from_scenes([scene])
+        maps = layout_model.silhouettes(layout, *offsets(layout, width, height))[0].numpy()
         white = tuple(scenes.Shape(s.kind, "white", s.x, s.y, s.radius) for s in scene.shapes)
         drawn = np.asarray(scenes.render(scenes.Scene("black", white, ratio), width, height))[..., 0] > 128
         covered = maps[0] > 0.5

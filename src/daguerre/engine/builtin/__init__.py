@@ -78,11 +78,16 @@ class BuiltinEngine:
         if job.type == GenerationType.IMAGE_EDIT:
             assert job.source is not None
             width, height = job.source.size
-            output = fit_size(
-                width, height, self.output_pixels, OUTPUT_MULTIPLE, min_pixels=self.output_pixels // 4
+            # An edit of this tier's own output keeps its size exactly (16:9 at 512² is 688x384, a
+            # hair over the area fit_size allows).
+            own_size = job.source.size in size_table(self.output_pixels, OUTPUT_MULTIPLE).values()
+            output = (
+                job.source.size
+                if own_size
+                else fit_size(
+                    width, height, self.output_pixels, OUTPUT_MULTIPLE, min_pixels=self.output_pixels // 4
+                )
             )
-            if job.source.size in size_table(self.output_pixels, OUTPUT_MULTIPLE).values():
-                output = job.source.size  # an edit of this tier's own output keeps its size exactly
             return (
                 fit_size(width, height, self.pixels, INTERNAL_MULTIPLE, min_pixels=self.pixels // 4),
                 output,

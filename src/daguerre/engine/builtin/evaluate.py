@@ -124,16 +124,15 @@ def heldout_prompt(scene: scenes.Scene, rng: random.Random) -> str:
         parts[:2] = [f"{_object(a, rng)} {relation} {_object(b, rng, 'the')}"]
     objects = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     bg = scenes.colour_word(scene.background, rng)
-    template = rng.randrange(5)
-    if template == 0:
-        return f"there is {objects} and the background is {bg}"
-    if template == 1:
-        return f"{bg} background; {objects}"
-    if template == 2:
-        return f"on a {bg} background you can see {objects}"
-    if template == 3:
-        return f"{objects}, all on {bg}"
-    return f"please show {objects} over {bg}"
+    return rng.choice(
+        (
+            f"there is {objects} and the background is {bg}",
+            f"{bg} background; {objects}",
+            f"on a {bg} background you can see {objects}",
+            f"{objects}, all on {bg}",
+            f"please show {objects} over {bg}",
+        )
+    )
 
 
 def heldout_instruction(edit: scenes.Edit, rng: random.Random) -> str:

@@ -148,8 +148,8 @@ class LayoutModel(ModelMixin, ConfigMixin):
         """Everything the denoiser sees besides the noisy image, (B, conditioning_channels, H, W).
         (The silhouettes come last: a checkpoint trained before they existed warm-starts by
         widening its first convolution with zeros, see `train.warm_start`.)"""
-        maps = self.maps(layout, width, height)
-        return torch.cat([maps, edit, self.silhouettes(layout, width, height)], dim=1)
+        dx, dy = offsets(layout, width, height)
+        return torch.cat([self.maps(layout, dx, dy), edit, self.silhouettes(layout, dx, dy)], dim=1)
 
     def mix_phrases(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, T, hidden) word embeddings -> the same with local phrase context added."""
@@ -169,9 +169,10 @@ class LayoutModel(ModelMixin, ConfigMixin):
             kind_logits=self.kind(states[:, 0]),
         )
 
-    def maps(self, layout: Layout, width: int, height: int) -> torch.Tensor:
-        """The layout as (B, 3 + D + 3 + 3, height, width) maps: per object disk and background."""
-        dx, dy = offsets(layout, width, height)
+    def maps(self, layout: Layout, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+        """The layout as (B, 3 + D + 3 + 3, H, W) maps: per object disk and background. `dx`, `dy`
+        are the pixels' offsets from the objects (see `offsets`)."""
+        height, width = dx.shape[-2:]
         inside = ((dx**2 + dy**2) <= MASK_RADIUS**2).float() * layout.exists[..., None, None].float()
         shape = self.shape_embedding(layout.shape)  # (B, SLOTS, D)
         colour = self.palette[layout.colour]  # (B, SLOTS, 3)
@@ -189,10 +190,9 @@ class LayoutModel(ModelMixin, ConfigMixin):
         background = self.palette[layout.background][..., None, None].expand(-1, -1, height, width)
         return torch.cat([objects, background], dim=1)
 
-    def silhouettes(self, layout: Layout, width: int, height: int) -> torch.Tensor:
+    def silhouettes(self, layout: Layout, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
         """(B, SILHOUETTE_CHANNELS, H, W): where each object is (its shape's template, sampled
         bilinearly, so edges are anti-aliased at any size) and the same coloured."""
-        dx, dy = offsets(layout, width, height)
         b, slots, h, w = dx.shape
         grid = torch.stack([dx, dy], dim=-1).view(b * slots, h, w, 2) / MASK_RADIUS
         templates = self.templates[layout.shape.view(-1)]  # (B * SLOTS, 1, T, T)
@@ -307,10 +307,7 @@ def predict_clean(
     return c_skip * noisy + c_out * network_output(unet, noisy, conditioning, t)
 
 
-def edit_channels(source: torch.Tensor | None, keep: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """(B, EDIT_CHANNELS, H, W): the source in [-1, 1] where it is kept (0 elsewhere) and the kept
-    mask (B, 1, H, W); all zeros for text-to-image (nothing is kept)."""
-    if source is None or keep is None:
-        b, _, h, w = like.shape
-        return like.new_zeros((b, EDIT_CHANNELS, h, w))
+def edit_channels(source: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, EDIT_CHANNELS, H, W): the source (B, 3, H, W) in [-1, 1] where it is kept (0 elsewhere)
+    and the kept mask (B, 1, H, W). For text-to-image they are all zeros (nothing is kept)."""
     return torch.cat([source * keep, keep], dim=1)

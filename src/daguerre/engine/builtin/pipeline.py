@@ -29,6 +29,7 @@ from daguerre.engine.builtin import scenes
 from daguerre.engine.builtin.analysis import analyse, classifier, to_scene
 from daguerre.engine.builtin.editing import apply_edit, keep_mask
 from daguerre.engine.builtin.model import (
+    EDIT_CHANNELS,
     SLOTS,
     Layout,
     LayoutModel,
@@ -148,9 +149,7 @@ class BuiltinPipeline(DiffusionPipeline):
         after = apply_edit(before, prediction, rng, temperature)
         source = image.convert("RGB").resize((width, height), Image.Resampling.BOX)
         keep = keep_mask(before, after, np.asarray(source), background_rgb)
-        channels = edit_channels(
-            to_tensor(source), torch.from_numpy(keep)[None, None], like=to_tensor(source)
-        )
+        channels = edit_channels(to_tensor(source), torch.from_numpy(keep)[None, None])
         return after, channels.to(self.unet.device)
 
     @torch.inference_mode()
@@ -174,7 +173,7 @@ class BuiltinPipeline(DiffusionPipeline):
             ratio = nearest_ratio(width, height)
             prediction = self.layout.predict(self.encode([prompt], [ratio]))
             scene = self.sample_layout(prediction, ratio, rng, temperature)
-            edit = edit_channels(None, None, like=torch.empty(1, 0, height, width, device=self.unet.device))
+            edit = torch.zeros(1, EDIT_CHANNELS, height, width, device=self.unet.device)  # nothing kept
         conditioning = self.layout.conditioning(self.layout_tensors(scene), edit, width, height)
         latents = torch.randn((1, 3, height, width), generator=generator).to(self.unet.device)
         self.scheduler.set_timesteps(num_inference_steps, device=self.unet.device)

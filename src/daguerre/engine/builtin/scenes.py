@@ -337,22 +337,18 @@ def describe(scene: Scene, rng: random.Random) -> str:
         objects = f"{clauses[0]}, {clauses[1]} and {clauses[2]}"
     background = _background_phrase(scene.background, rng)
     bg_word = colour_word(scene.background, rng)
-    template = rng.randrange(8)
-    if template == 0:
-        return f"{objects} {background}"
-    if template == 1:
-        return f"{bg_word} background with {objects}"
-    if template == 2:
-        return f"a picture of {objects} {background}"
-    if template == 3:
-        return f"{objects}, {bg_word} background"
-    if template == 4:
-        return f"an image showing {objects} {background}"
-    if template == 5:
-        return f"a plain {bg_word} background and {objects}"
-    if template == 6:
-        return f"draw {objects} {background}"
-    return f"simple illustration: {objects} {background}"
+    return rng.choice(
+        (
+            f"{objects} {background}",
+            f"{bg_word} background with {objects}",
+            f"a picture of {objects} {background}",
+            f"{objects}, {bg_word} background",
+            f"an image showing {objects} {background}",
+            f"a plain {bg_word} background and {objects}",
+            f"draw {objects} {background}",
+            f"simple illustration: {objects} {background}",
+        )
+    )
 
 
 # --- edits ----------------------------------------------------------------------------------------

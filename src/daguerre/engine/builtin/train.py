@@ -42,10 +42,11 @@ from daguerre.engine.builtin.model import (
     UNSHUFFLE,
     Layout,
     LayoutModel,
+    edit_channels,
     network_output,
     preconditioning,
 )
-from daguerre.engine.builtin.pipeline import BuiltinPipeline, layout_from_scenes
+from daguerre.engine.builtin.pipeline import BuiltinPipeline, layout_from_scenes, to_tensor
 from daguerre.engine.builtin.text import build_tokenizer, text_encoder_config, vocabulary
 from daguerre.sizing import size_table
 from daguerre.wire import ASPECT_RATIOS
@@ -82,12 +83,6 @@ class TrainConfig:
 
 
 # --- data -----------------------------------------------------------------------------------------
-
-
-def _image_tensor(image: Any) -> torch.Tensor:
-    from daguerre.engine.builtin.pipeline import to_tensor
-
-    return to_tensor(image)[0]
 
 
 def _max_objects(config: TrainConfig, step: int) -> int:
@@ -151,10 +146,10 @@ def make_batch(config: TrainConfig, step: int) -> dict[str, Any]:
             keep = torch.from_numpy(
                 keep_mask(edit.source, edit.target, source, np.array(scenes.PALETTE[scene.background]))
             )
-            channels = torch.cat([_image_tensor(picture) * keep, keep[None]])
+            channels = edit_channels(to_tensor(picture), keep[None, None])[0]
             scene, picture = edit.target, scenes.render(edit.target, width, height)
         targets.append(scene)
-        pictures.append(_image_tensor(picture))
+        pictures.append(to_tensor(picture)[0])
         edit_maps.append(channels)
         for crop, label in _shape_crops(picture, scene):
             crops.append(crop)
