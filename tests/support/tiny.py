@@ -41,23 +41,32 @@ def offline_clip_tokenizer(texts: list[str], vocab_size: int = 400):
     return CLIPTokenizer(vocab=spec["vocab"], merges=merges, model_max_length=77)
 
 
-def tiny_sd_pipeline(seed: int = 0):
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_sd_unet(in_channels: int = 4):
+    """The tiny Stable Diffusion UNet (latents of 4 channels out; `in_channels` in)."""
+    from diffusers import UNet2DConditionModel
 
-    tokenizer = offline_clip_tokenizer(PROMPTS * 20)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=8,
     )
+
+
+def tiny_sd_pipeline(seed: int = 0):
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = offline_clip_tokenizer(PROMPTS * 20)
+    torch.manual_seed(seed)
+    unet = tiny_sd_unet()
     vae = AutoencoderKL(  # four blocks: vae_scale_factor 8, as in real Stable Diffusion
         block_out_channels=(8, 8, 16, 16),
         latent_channels=4,
@@ -105,22 +114,11 @@ def save_tiny_sd_pipeline(folder: Path) -> Path:
 def save_tiny_pix2pix_pipeline(folder: Path) -> Path:
     """InstructPix2Pix: the tiny SD parts with an 8-channel UNet (4 noisy + 4 image latents)."""
     import torch
-    from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionInstructPix2PixPipeline
 
     base = tiny_sd_pipeline()
     torch.manual_seed(1)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=8,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    unet = tiny_sd_unet(in_channels=8)  # the noisy latents and the source's latents
     pipe = StableDiffusionInstructPix2PixPipeline(
         unet=unet.eval(),
         vae=base.vae,
