@@ -140,4 +140,3 @@ async def json_body(request: Request) -> Any:
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
-JsonBody = Annotated[Any, Depends(json_body)]

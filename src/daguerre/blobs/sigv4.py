@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -103,24 +104,37 @@ def presign(
     if not 1 <= ttl_s <= MAX_EXPIRES_S:
         raise ValueError(f"ttl_s must be between 1 and {MAX_EXPIRES_S}")
     origin, host, base_path = _endpoint(endpoint)
-    path = f"{base_path}/{quote(bucket, safe='')}/{quote(key, safe='/~')}"
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
-    amz_date = moment.strftime("%Y%m%dT%H%M%SZ")
-    scope = f"{amz_date[:8]}/{REGION}/{SERVICE}/aws4_request"
+    path = f"{base_path}/{_quote_bucket(bucket)}/{quote(key, safe='/~')}"
     if content_type is None:
         signed_headers, canonical_headers = "host", f"host:{host}\n"
     else:
         signed_headers = "content-type;host"
         canonical_headers = f"content-type:{' '.join(content_type.split())}\nhost:{host}\n"
-    # The five parameters in the order SigV4 sorts them, so this is already the canonical query.
-    query = (
-        f"X-Amz-Algorithm={ALGORITHM}&X-Amz-Credential={_uri_encode(credentials.access_key + '/' + scope)}"
-        f"&X-Amz-Date={amz_date}&X-Amz-Expires={ttl_s}&X-Amz-SignedHeaders={_uri_encode(signed_headers)}"
-    )
+    second = int(time.time() if now is None else now.timestamp())
+    amz_date, scope, query = _canonical_query(credentials.access_key, second, ttl_s, signed_headers)
     signature = _signature(
         method, path, query, canonical_headers, signed_headers, amz_date, scope, credentials.secret_key
     )
     return f"{origin}{path}?{query}&X-Amz-Signature={signature}"
+
+
+@lru_cache(maxsize=8)
+def _quote_bucket(bucket: str) -> str:
+    return quote(bucket, safe="")
+
+
+@lru_cache(maxsize=16)
+def _canonical_query(access_key: str, second: int, ttl_s: int, signed_headers: str) -> tuple[str, str, str]:
+    """(X-Amz-Date, credential scope, canonical query) of URLs minted in one second: every URL
+    minted in that second shares them, so they are built once (this is on every completed poll)."""
+    amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+    scope = f"{amz_date[:8]}/{REGION}/{SERVICE}/aws4_request"
+    # The five parameters in the order SigV4 sorts them, so this is already the canonical query.
+    query = (
+        f"X-Amz-Algorithm={ALGORITHM}&X-Amz-Credential={_uri_encode(access_key + '/' + scope)}"
+        f"&X-Amz-Date={amz_date}&X-Amz-Expires={ttl_s}&X-Amz-SignedHeaders={_uri_encode(signed_headers)}"
+    )
+    return amz_date, scope, query
 
 
 def _parse_query(raw_query: str) -> list[tuple[str, str]]:

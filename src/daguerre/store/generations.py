@@ -9,8 +9,9 @@ zero rows means someone else decided, and the worker drops its result.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
@@ -59,6 +60,20 @@ class GenerationRecord:
 
 
 @dataclass(frozen=True)
+class GenerationSummary:
+    """What the API shows of a generation: the columns a polling GET needs, and no more."""
+
+    id: str
+    model: str
+    type: GenerationType
+    state: State
+    output_keys: tuple[str, ...]
+    failure_code: FailureCode | None
+    failure_reason: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class NewGeneration:
     """What the API hands the store to create a generation."""
 
@@ -93,9 +108,10 @@ class Reaped:
 _INSERT = g.insert()
 _ACTIVE = sa.or_(g.c.state == State.QUEUED.value, g.c.state == State.PROCESSING.value)
 # The account's active generations, counted up to the limit only (index ix_generations_account_state):
-# a create costs the same however many generations the account has had or has waiting.
+# a create costs the same however many generations the account has had or has waiting. Selecting a
+# constant rather than a column lets the database answer from the index alone.
 _ACTIVE_UP_TO_LIMIT = (
-    sa.select(g.c.id)
+    sa.select(sa.literal_column("1").label("one"))
     .where(g.c.account_id == sa.bindparam("account_id"), _ACTIVE)
     .limit(sa.bindparam("limit"))
     .subquery()
@@ -103,6 +119,10 @@ _ACTIVE_UP_TO_LIMIT = (
 _COUNT_ACTIVE = sa.select(sa.func.count().label("active")).select_from(_ACTIVE_UP_TO_LIMIT)
 _GET = sa.select(g).where(g.c.id == sa.bindparam("generation_id"))
 _GET_OWNED = _GET.where(g.c.account_id == sa.bindparam("account_id"))
+# A poll reads only what the API shows (the fields of GenerationSummary).
+_SUMMARY_OWNED = sa.select(*(g.c[field.name] for field in fields(GenerationSummary))).where(
+    g.c.id == sa.bindparam("generation_id"), g.c.account_id == sa.bindparam("account_id")
+)
 
 
 class GenerationStore:
@@ -112,12 +132,20 @@ class GenerationStore:
     # API side --------------------------------------------------------------------------------
 
     def create(self, new: NewGeneration) -> GenerationRecord | Refusal:
+        """In one transaction (shared with other creates, see `Database.submit`): check the
+        account's concurrent jobs, hold the price on a metered account's balance, insert the row.
+        Answers after the commit, with the record or with why nothing was written."""
         return self.submit_create(new).result()
 
     def submit_create(self, new: NewGeneration) -> Future[GenerationRecord | Refusal]:
-        """In one transaction (shared with other creates by the group committer): check the
-        account's concurrent jobs, hold the price on a metered account's balance, insert the row.
-        The future resolves after the commit, to the record or to why nothing was written."""
+        """`create` on the committer thread; the future resolves after the commit."""
+        return self._db.submit(self._insert(new))
+
+    async def create_async(self, new: NewGeneration) -> GenerationRecord | Refusal:
+        """`create` for the API's event loop (see `Database.run`)."""
+        return await self._db.run(self._insert(new))
+
+    def _insert(self, new: NewGeneration) -> Callable[[Connection], GenerationRecord | Refusal]:
         values: dict[str, Any] = {
             "id": new.id,
             "account_id": new.account_id,
@@ -140,23 +168,25 @@ class GenerationStore:
             "created_at": utcnow(),
         }
 
+        db = self._db
+
         def insert(conn: Connection) -> GenerationRecord | Refusal:
             money.lock_account(conn, new.account_id)
             if new.concurrency_limit is not None:
-                active = conn.execute(
-                    _COUNT_ACTIVE, {"account_id": new.account_id, "limit": new.concurrency_limit}
-                ).scalar_one()
+                active = db.scalar(
+                    conn, _COUNT_ACTIVE, {"account_id": new.account_id, "limit": new.concurrency_limit}
+                )
                 if active >= new.concurrency_limit:
                     return Refusal.CONCURRENCY
             charged = new.metered and new.price > 0
             if charged and not money.hold(conn, new.account_id, new.price):
                 return Refusal.BALANCE
-            conn.execute(_INSERT, values)
+            db.execute(conn, _INSERT, values)
             if charged:
                 money.record_reserve(conn, new.account_id, new.id, new.price)
             return _record(values)
 
-        return self._db.submit(insert)
+        return insert
 
     def get(self, generation_id: str, account_id: str | None = None) -> GenerationRecord | None:
         """The generation, or None when it is unknown or (with `account_id`) another account's."""
@@ -167,6 +197,23 @@ class GenerationStore:
         )
         row = self._db.fetch_one(query, params)
         return None if row is None else _record(row)
+
+    def summary(self, generation_id: str, account_id: str) -> GenerationSummary | None:
+        """What the API shows of the account's generation (a narrower, cheaper read than `get`:
+        this is what every poll costs), or None when it is unknown or another account's."""
+        row = self._db.fetch_one(_SUMMARY_OWNED, {"generation_id": generation_id, "account_id": account_id})
+        if row is None:
+            return None
+        return GenerationSummary(
+            id=row["id"],
+            model=row["model"],
+            type=GenerationType(row["type"]),
+            state=State(row["state"]),
+            output_keys=tuple(row["output_keys"]),
+            failure_code=FailureCode(row["failure_code"]) if row["failure_code"] else None,
+            failure_reason=row["failure_reason"],
+            created_at=row["created_at"],
+        )
 
     def count_active(self, account_id: str, up_to: int) -> int:
         """Generations of the account not yet completed or failed (its concurrency slots), counted
