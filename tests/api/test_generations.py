@@ -119,7 +119,7 @@ def test_a_crash_in_a_route_is_500_with_a_string_detail(client, auth, store, mon
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(store.generations, "get", explode)
+    monkeypatch.setattr(store.generations, "summary", explode)
     response = client.get(f"/v1/generations/{uuid.uuid4()}", headers=auth)
     assert (response.status_code, response.json()) == (500, {"detail": "Internal server error"})
 
