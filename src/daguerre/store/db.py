@@ -240,6 +240,8 @@ class LoopCommitter:
         self._lock = threading.Lock()
 
     async def run(self, operation: Callable[[Connection], T]) -> T:
+        """Queue `operation` for this loop's next commit and answer its result once committed (a
+        caller cancelled meanwhile does not withdraw it: the operation still runs)."""
         loop = asyncio.get_running_loop()
         future: Future[T] = Future()
         flushed = loop.create_future()
