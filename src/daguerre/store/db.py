@@ -54,22 +54,25 @@ class Database:
         inline instead of paying for a thread hand-off."""
         return self._fast is not None
 
-    def fetch_one(self, query: sa.Select[Any], params: dict[str, Any]) -> Mapping[str, Any] | None:
-        """The first row of `query` as a mapping, or None. On SQLite this skips SQLAlchemy's
-        execution machinery (see _FastSQLite); elsewhere it is an ordinary read."""
+    def fetch_one(
+        self, query: sa.Select[Any], params: dict[str, Any], conn: Connection | None = None
+    ) -> Mapping[str, Any] | None:
+        """The first row of `query` as a mapping, or None; read in `conn`'s transaction when given.
+        On SQLite this skips SQLAlchemy's execution machinery (see _FastSQLite: for statements built
+        once, on hot paths); elsewhere it is an ordinary read."""
         if self._fast is not None:
-            return self._fast.fetch_one(query, params)
-        with self.read() as conn:
-            row = conn.execute(query, params).mappings().first()
-        return None if row is None else dict(row)
+            return self._fast.fetch_one(query, params, conn)
+        if conn is not None:
+            found = conn.execute(query, params).mappings().first()
+        else:
+            with self.read() as own:
+                found = own.execute(query, params).mappings().first()
+        return None if found is None else dict(found)
 
-    def scalar(self, conn: Connection, query: sa.Select[Any], params: dict[str, Any]) -> Any:
-        """The first column of the first row of `query`, read in `conn`'s transaction (on SQLite
-        without SQLAlchemy's execution machinery: for statements built once, on hot paths)."""
-        if self._fast is not None:
-            row = self._fast.fetch_one(query, params, conn)
-            return None if row is None else next(iter(row.values()))
-        return conn.execute(query, params).scalar()
+    def scalar(self, query: sa.Select[Any], params: dict[str, Any], conn: Connection | None = None) -> Any:
+        """The first column of the first row of `query` (see `fetch_one`), or None."""
+        row = self.fetch_one(query, params, conn)
+        return None if row is None else next(iter(row.values()))
 
     def execute(self, conn: Connection, statement: Dml, params: dict[str, Any]) -> int:
         """Run a write statement in `conn`'s transaction; the number of rows it changed (on SQLite

@@ -174,7 +174,7 @@ class GenerationStore:
             money.lock_account(conn, new.account_id)
             if new.concurrency_limit is not None:
                 active = db.scalar(
-                    conn, _COUNT_ACTIVE, {"account_id": new.account_id, "limit": new.concurrency_limit}
+                    _COUNT_ACTIVE, {"account_id": new.account_id, "limit": new.concurrency_limit}, conn
                 )
                 if active >= new.concurrency_limit:
                     return Refusal.CONCURRENCY
@@ -202,25 +202,12 @@ class GenerationStore:
         """What the API shows of the account's generation (a narrower, cheaper read than `get`:
         this is what every poll costs), or None when it is unknown or another account's."""
         row = self._db.fetch_one(_SUMMARY_OWNED, {"generation_id": generation_id, "account_id": account_id})
-        if row is None:
-            return None
-        return GenerationSummary(
-            id=row["id"],
-            model=row["model"],
-            type=GenerationType(row["type"]),
-            state=State(row["state"]),
-            output_keys=tuple(row["output_keys"]),
-            failure_code=FailureCode(row["failure_code"]) if row["failure_code"] else None,
-            failure_reason=row["failure_reason"],
-            created_at=row["created_at"],
-        )
+        return None if row is None else GenerationSummary(**_shown(row))
 
     def count_active(self, account_id: str, up_to: int) -> int:
         """Generations of the account not yet completed or failed (its concurrency slots), counted
         up to `up_to` (the limit they are compared with)."""
-        row = self._db.fetch_one(_COUNT_ACTIVE, {"account_id": account_id, "limit": up_to})
-        assert row is not None
-        return int(next(iter(row.values())))
+        return int(self._db.scalar(_COUNT_ACTIVE, {"account_id": account_id, "limit": up_to}))
 
     def usage(
         self, account_id: str, start: datetime, end: datetime, group_by: str
@@ -424,28 +411,35 @@ def _failed(code: FailureCode, reason: str) -> dict[str, Any]:
     }
 
 
+def _shown(row: Any) -> dict[str, Any]:
+    """The fields of GenerationSummary from a row (or from the values of an insert)."""
+    return {
+        "id": row["id"],
+        "model": row["model"],
+        "type": GenerationType(row["type"]),
+        "state": State(row["state"]),
+        "output_keys": tuple(row["output_keys"]),
+        "failure_code": FailureCode(row["failure_code"]) if row.get("failure_code") else None,
+        "failure_reason": row.get("failure_reason"),
+        "created_at": row["created_at"],
+    }
+
+
 def _record(row: Any) -> GenerationRecord:
     return GenerationRecord(
-        id=row["id"],
+        **_shown(row),
         account_id=row["account_id"],
-        model=row["model"],
-        type=GenerationType(row["type"]),
-        state=State(row["state"]),
         request_text=row["request"],
         aspect_ratio=row["aspect_ratio"],
         output_format=row["output_format"],
         user_id=row["user_id"],
         input_keys=tuple(row["input_keys"]),
-        output_keys=tuple(row["output_keys"]),
-        failure_code=FailureCode(row["failure_code"]) if row.get("failure_code") else None,
-        failure_reason=row.get("failure_reason"),
         attempts=row["attempts"],
         max_attempts=row["max_attempts"],
         price=int(row.get("price") or 0),
         lease_owner=row.get("lease_owner"),
         lease_token=row.get("lease_token"),
         lease_expires_at=row.get("lease_expires_at"),
-        created_at=row["created_at"],
         started_at=row.get("started_at"),
         finished_at=row.get("finished_at"),
     )
