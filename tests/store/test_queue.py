@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from daguerre.store.clock import utcnow
 from daguerre.store.generations import NewGeneration
 from daguerre.store.schema import generations
 from daguerre.wire import FailureCode, GenerationCreate, State
@@ -184,4 +185,30 @@ def test_active_jobs_are_counted_up_to_the_limit_and_finished_ones_not_at_all(st
     assert store.generations.complete(claimed.id, claimed.lease_token, ("out/key.png",))
     assert store.generations.count_active(key.account_id, up_to=10) == 4
     indexes = {ix.name: [c.name for c in ix.columns] for ix in generations.indexes}
-    assert indexes["ix_generations_account_state"] == ["account_id", "state"]
+    assert indexes["ix_generations_account_state_created"] == ["account_id", "state", "created_at"]
+
+
+def test_the_usage_report_seeks_the_account_index_by_state_and_time(store, key):
+    """The one account index serves the usage report too: every state is listed, so the database
+    seeks (account, state, created_at range) instead of reading all of the account's rows."""
+    for _ in range(3):
+        new(store, key.account_id)
+    statements = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        statements.append((statement, parameters))
+
+    now = utcnow()
+    sa.event.listen(store.db.engine, "before_cursor_execute", capture)
+    try:
+        hour = timedelta(hours=1)
+        rows = store.generations.usage(key.account_id, now - hour, now + hour, "model")
+    finally:
+        sa.event.remove(store.db.engine, "before_cursor_execute", capture)
+    assert rows == [("uni-1", "queued", 3, 0)]
+    (statement, parameters), *_ = [(s, p) for s, p in statements if "FROM generations" in s]
+    with store.db.read() as conn:
+        explained = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+        plan = " ".join(str(row[-1]) for row in explained)
+    seek = "account_id=? AND state=? AND created_at>? AND created_at<?"
+    assert f"INDEX ix_generations_account_state_created ({seek})" in plan

@@ -20,6 +20,7 @@ from daguerre.blobs import BlobStore
 from daguerre.errors import ApiError
 from daguerre.sizing import pick_aspect_ratio
 from daguerre.store.generations import GenerationRecord, GenerationSummary, NewGeneration, Refusal
+from daguerre.store.ids import uuid7
 from daguerre.validation import parse_generation_create
 from daguerre.wire import (
     OUTPUT_URL_TTL_S,
@@ -125,7 +126,7 @@ async def create_generation(request: Request) -> GenerationResponse:
             raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
         if caller.metered and (await read(store, store.accounts.get, caller.account_id)).available < price:
             raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
-    generation_id = str(uuid.uuid4())
+    generation_id = uuid7()
     input_keys = await ingest_inputs(create, generation_id, caller.account_id, svc)
     aspect_ratio = None
     if create.type == GenerationType.IMAGE:

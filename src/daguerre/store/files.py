@@ -7,7 +7,6 @@ repeated ingest cannot overwrite a decision.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +15,7 @@ import sqlalchemy as sa
 
 from daguerre.store.clock import utcnow
 from daguerre.store.db import Database
+from daguerre.store.ids import uuid7
 from daguerre.store.schema import files as f
 from daguerre.wire import FileState
 
@@ -64,7 +64,7 @@ class FileStore:
     def create(self, new: NewFile, uploaded: bool = False) -> FileRecord:
         now = utcnow()
         values: dict[str, Any] = {
-            "id": str(uuid.uuid4()),
+            "id": uuid7(),
             "account_id": new.account_id,
             "state": FileState.PENDING.value,
             "mime_type": new.mime_type,

@@ -107,9 +107,9 @@ class Reaped:
 # running it on SQLite.
 _INSERT = g.insert()
 _ACTIVE = sa.or_(g.c.state == State.QUEUED.value, g.c.state == State.PROCESSING.value)
-# The account's active generations, counted up to the limit only (index ix_generations_account_state):
-# a create costs the same however many generations the account has had or has waiting. Selecting a
-# constant rather than a column lets the database answer from the index alone.
+# The account's active generations, counted up to the limit only (index on account, state and
+# created_at): a create costs the same however many generations the account has had or has waiting.
+# Selecting a constant rather than a column lets the database answer from the index alone.
 _ACTIVE_UP_TO_LIMIT = (
     sa.select(sa.literal_column("1").label("one"))
     .where(g.c.account_id == sa.bindparam("account_id"), _ACTIVE)
@@ -235,7 +235,12 @@ class GenerationStore:
                     captured, sa.and_(captured.c.generation_id == g.c.id, captured.c.kind == "capture")
                 )
             )
-            .where(g.c.account_id == account_id, g.c.created_at >= start, g.c.created_at < end)
+            .where(
+                g.c.account_id == account_id,
+                g.c.state.in_([state.value for state in State]),  # so the account index covers the range
+                g.c.created_at >= start,
+                g.c.created_at < end,
+            )
             .group_by(key, g.c.state)
             .order_by(key)
         )
