@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 import uuid
 from dataclasses import fields
 
@@ -34,6 +35,35 @@ def test_creates_from_one_loop_iteration_share_one_commit_on_the_loop(store, key
     assert store.db._commits == commits_before + 1
     assert all(isinstance(r, GenerationRecord) for r in records)
     assert all(store.generations.get(r.id) is not None for r in records)
+
+
+def test_the_wal_is_checkpointed_by_the_checkpointer_thread_not_in_the_loop_commits(store, key):
+    """The loop's connection never checkpoints (that stalled the loop for milliseconds); the
+    Checkpointer's thread copies the log into the database file soon after the commits."""
+    database = str(store.db.url.database)
+
+    async def create_batches() -> int:
+        for _ in range(5):
+            await asyncio.gather(*(store.generations.create_async(new(key.account_id)) for _ in range(10)))
+        return await store.db.run(lambda conn: conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
+
+    assert asyncio.run(create_batches()) == 0  # the loop's connection leaves checkpoints to the thread
+
+    def rows_in_the_database_file() -> int:
+        # immutable=1 reads the database file alone: what is still only in the WAL is not seen.
+        file = sqlite3.connect(f"file:{database}?immutable=1", uri=True)
+        try:
+            return int(file.execute("SELECT count(*) FROM generations").fetchone()[0])
+        finally:
+            file.close()
+
+    deadline = time.monotonic() + 10
+    while rows_in_the_database_file() < 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rows_in_the_database_file() == 50
+    assert store.db._checkpointer is not None and store.db._checkpointer.checkpoints >= 1
+    store.close()  # stops the thread
+    assert not any(thread.name == "wal-checkpoint" for thread in threading.enumerate())
 
 
 def test_a_held_write_lock_sends_the_batch_to_the_committer_thread_and_the_loop_runs_on(store, key):
@@ -123,4 +153,4 @@ def test_concurrency_count_is_answered_from_the_index(store, key, count):
     params = {**sql.params, "account_id": key.account_id, "limit": 10}
     with store.db.read() as conn:
         plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
-    assert "COVERING INDEX ix_generations_account_state" in plan  # no visit to the table
+    assert "COVERING INDEX ix_generations_account_state_created" in plan  # no visit to the table
