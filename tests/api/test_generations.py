@@ -140,7 +140,8 @@ def test_openapi_schema_documents_the_api(client):
         "aspect_ratio",
         "source",
     }
-    assert "/v1/generations/{generation_id}" in schema["paths"]
+    (parameter,) = schema["paths"]["/v1/generations/{generation_id}"]["get"]["parameters"]
+    assert (parameter["name"], parameter["in"], parameter["required"]) == ("generation_id", "path", True)
 
 
 def test_null_aspect_ratio_is_picked_from_the_prompt(client, auth, store):
