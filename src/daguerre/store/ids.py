@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 _VERSION_7 = 0x7 << 76
 _VARIANT_RFC = 0b10 << 62
@@ -24,4 +23,5 @@ def uuid7() -> str:
     millis = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (millis << 80) | _VERSION_7 | ((rand >> 62) & _RAND_A) << 64 | _VARIANT_RFC | (rand & _RAND_B)
-    return str(uuid.UUID(int=value))
+    digits = f"{value:032x}"  # what str(uuid.UUID(int=value)) gives, without its checks (2.3 -> 0.9 us)
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
