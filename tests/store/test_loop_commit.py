@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
-from daguerre.store.generations import _COUNT_ACTIVE, GenerationRecord, NewGeneration
+from daguerre.store.generations import _COUNT_ACTIVE, GenerationRecord, GenerationSummary, NewGeneration
 from daguerre.store.schema import accounts
 from daguerre.wire import GenerationCreate
 
@@ -33,7 +33,7 @@ def test_creates_from_one_loop_iteration_share_one_commit_on_the_loop(store, key
     records, writer, loop_thread = asyncio.run(create_many())
     assert writer == loop_thread  # not the committer thread
     assert store.db._commits == commits_before + 1
-    assert all(isinstance(r, GenerationRecord) for r in records)
+    assert all(isinstance(r, GenerationSummary) for r in records)
     assert all(store.generations.get(r.id) is not None for r in records)
 
 
@@ -72,7 +72,7 @@ def test_a_held_write_lock_sends_the_batch_to_the_committer_thread_and_the_loop_
     holder.execute("BEGIN IMMEDIATE")  # another writer (a worker, another process) holds the lock
     release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
 
-    async def scenario() -> tuple[int, GenerationRecord]:
+    async def scenario() -> tuple[int, GenerationSummary]:
         ticks = 0
 
         async def ticker() -> None:
@@ -97,7 +97,7 @@ def test_a_held_write_lock_sends_the_batch_to_the_committer_thread_and_the_loop_
         release.join()
         holder.close()
     assert ticks_while_locked >= 5  # the loop kept running while the lock was held
-    assert isinstance(record, GenerationRecord)
+    assert isinstance(record, GenerationSummary)
     assert store.generations.get(record.id) is not None
 
     # The loop's own connection is still usable once the lock is free.
@@ -105,7 +105,7 @@ def test_a_held_write_lock_sends_the_batch_to_the_committer_thread_and_the_loop_
         return await store.generations.create_async(new(key.account_id))
 
     commits_before = store.db._commits
-    assert isinstance(asyncio.run(again()), GenerationRecord)
+    assert isinstance(asyncio.run(again()), GenerationSummary)
     assert store.db._commits == commits_before + 1
 
 
@@ -126,7 +126,7 @@ def test_a_failing_operation_fails_alone(store, key):
     first, bad, last = asyncio.run(scenario())
     assert isinstance(bad, sa.exc.IntegrityError)
     for record in (first, last):
-        assert isinstance(record, GenerationRecord)
+        assert isinstance(record, GenerationSummary)
         assert store.generations.get(record.id) is not None
     with store.db.read() as conn:  # the failing operation left nothing behind
         assert conn.execute(sa.select(accounts.c.id).where(accounts.c.id == "dup")).first() is None

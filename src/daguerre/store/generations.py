@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -97,6 +97,9 @@ class Refusal(StrEnum):
     BALANCE = "balance"
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
 class Reaped:
     id: str
@@ -139,13 +142,16 @@ class GenerationStore:
 
     def submit_create(self, new: NewGeneration) -> Future[GenerationRecord | Refusal]:
         """`create` on the committer thread; the future resolves after the commit."""
-        return self._db.submit(self._insert(new))
+        return self._db.submit(self._insert(new, _record))
 
-    async def create_async(self, new: NewGeneration) -> GenerationRecord | Refusal:
-        """`create` for the API's event loop (see `Database.run`)."""
-        return await self._db.run(self._insert(new))
+    async def create_async(self, new: NewGeneration) -> GenerationSummary | Refusal:
+        """`create` for the API's event loop (see `Database.run`); answers what the API shows."""
+        return await self._db.run(self._insert(new, _summary))
 
-    def _insert(self, new: NewGeneration) -> Callable[[Connection], GenerationRecord | Refusal]:
+    def _insert(
+        self, new: NewGeneration, shown: Callable[[dict[str, Any]], T]
+    ) -> Callable[[Connection], T | Refusal]:
+        """The operation that inserts `new` unless a limit refuses it; `shown` makes its answer."""
         values: dict[str, Any] = {
             "id": new.id,
             "account_id": new.account_id,
@@ -170,7 +176,7 @@ class GenerationStore:
 
         db = self._db
 
-        def insert(conn: Connection) -> GenerationRecord | Refusal:
+        def insert(conn: Connection) -> T | Refusal:
             money.lock_account(conn, new.account_id)
             if new.concurrency_limit is not None:
                 active = db.scalar(
@@ -184,7 +190,7 @@ class GenerationStore:
             db.execute(conn, _INSERT, values)
             if charged:
                 money.record_reserve(conn, new.account_id, new.id, new.price)
-            return _record(values)
+            return shown(values)
 
         return insert
 
@@ -202,7 +208,7 @@ class GenerationStore:
         """What the API shows of the account's generation (a narrower, cheaper read than `get`:
         this is what every poll costs), or None when it is unknown or another account's."""
         row = self._db.fetch_one(_SUMMARY_OWNED, {"generation_id": generation_id, "account_id": account_id})
-        return None if row is None else GenerationSummary(**_shown(row))
+        return None if row is None else _summary(row)
 
     def count_active(self, account_id: str, up_to: int) -> int:
         """Generations of the account not yet completed or failed (its concurrency slots), counted
@@ -428,6 +434,10 @@ def _shown(row: Any) -> dict[str, Any]:
         "failure_reason": row.get("failure_reason"),
         "created_at": row["created_at"],
     }
+
+
+def _summary(row: Any) -> GenerationSummary:
+    return GenerationSummary(**_shown(row))
 
 
 def _record(row: Any) -> GenerationRecord:
