@@ -28,7 +28,6 @@ from daguerre.wire import (
     Generation,
     GenerationCreate,
     GenerationType,
-    Output,
     State,
     format_timestamp,
     parse_uuid,
@@ -55,22 +54,22 @@ def to_wire(
     record: GenerationRecord | GenerationSummary, blobs: BlobStore, base_url: str | None
 ) -> Generation:
     """The Luma Generation for a stored record; output URLs are minted fresh on every call."""
-    output: list[Output] = []
+    output = []
     if record.state == State.COMPLETED:
-        output = [
-            Output.model_construct(url=blobs.presign_get(key, OUTPUT_URL_TTL_S, base_url))
-            for key in record.output_keys
-        ]
-    # model_construct: every value comes typed from the store, so validating again only costs time.
-    return Generation.model_construct(
-        id=record.id,
-        type=record.type,
-        state=record.state,
-        model=record.model,
-        created_at=format_timestamp(record.created_at),
-        output=output,
-        failure_reason=record.failure_reason,
-        failure_code=record.failure_code,
+        output = [{"url": blobs.presign_get(key, OUTPUT_URL_TTL_S, base_url)} for key in record.output_keys]
+    # Validated from a dict (in pydantic's compiled core): measured faster than model_construct,
+    # which skips validation but runs in Python (2 us against 9).
+    return Generation.model_validate(
+        {
+            "id": record.id,
+            "type": record.type,
+            "state": record.state,
+            "model": record.model,
+            "created_at": format_timestamp(record.created_at),
+            "output": output,
+            "failure_reason": record.failure_reason,
+            "failure_code": record.failure_code,
+        }
     )
 
 
