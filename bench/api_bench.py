@@ -164,6 +164,13 @@ def dispatch_latency(base: str, key: str, data_dir: Path, count: int) -> dict[st
     headers = {"Authorization": f"Bearer {key}"}
     delays = []
     with httpx.Client(base_url=base, headers=headers) as client:
+        # The first job waits for the worker to start (it loads its models before it claims
+        # anything); it is timed apart, and the figures below are for an idle, ready worker.
+        started = time.perf_counter()
+        first_id = client.post("/v1/generations", json={"prompt": "warm-up"}).json()["id"]
+        while store.generations.get(first_id).state.value != "completed":  # type: ignore[union-attr]
+            time.sleep(0.005)
+        first_job_ms = (time.perf_counter() - started) * 1000
         for _ in range(count):
             generation_id = client.post("/v1/generations", json={"prompt": "dispatch"}).json()["id"]
             while (record := store.generations.get(generation_id)).state.value != "completed":
@@ -177,6 +184,7 @@ def dispatch_latency(base: str, key: str, data_dir: Path, count: int) -> dict[st
         "p50_ms": statistics.median(delays),
         "p99_ms": delays[min(len(delays) - 1, round(0.99 * (len(delays) - 1)))],
         "max_ms": delays[-1],
+        "first_job_ms": first_job_ms,
     }
 
 
@@ -302,7 +310,9 @@ def write_results(f: dict[str, Any], args: argparse.Namespace) -> None:
         "Dispatch latency (created → processing, idle in-process worker, "
         f"{args.dispatch_count} sequential jobs): p50 {d['p50_ms']:.1f} ms, p99 {d['p99_ms']:.1f} ms, "
         f"max {d['max_ms']:.1f} ms "
-        f"(target p50 ≤ 20 ms: {'met' if d['p50_ms'] <= 20 else 'NOT met'}).",
+        f"(target p50 ≤ 20 ms: {'met' if d['p50_ms'] <= 20 else 'NOT met'}). Before them, the first job "
+        f"after start took {d['first_job_ms']:.0f} ms to complete: the worker loads its models (the "
+        "moderation models included) before it claims anything.",
         "",
     ]
     header = "# Benchmark results\n\nEach benchmark appends its figures here with the date and machine.\n\n"
