@@ -24,7 +24,7 @@ from daguerre.fetch import UrlPolicy
 from daguerre.moderation import Moderator
 from daguerre.settings import Settings
 from daguerre.store import Store
-from daguerre.store.accounts import AccountStatus, hash_key
+from daguerre.store.accounts import AccountStatus, KeyMatch, hash_key
 from daguerre.store.clock import utcnow
 from daguerre.wire import KEY_PREFIX, Detail
 
@@ -69,15 +69,9 @@ def services(request: Request) -> Services:
     return found
 
 
-@dataclass(frozen=True)
-class Caller:
-    """The authenticated account behind a request, with what its creates are held to."""
-
-    account_id: str
-    key_id: str
-    metered: bool = False
-    rpm_limit: int | None = None
-    concurrency_limit: int | None = None
+Caller = KeyMatch
+"""The authenticated caller: its key's match, with the account and what its creates are held to
+(rpm_limit, concurrency_limit, metered). The cached match itself, not a copy per request."""
 
 
 async def authenticate(request: Request) -> Caller:
@@ -104,13 +98,7 @@ async def authenticate(request: Request) -> Caller:
         raise ApiError(403, Detail.SUSPENDED)
     if match.account_status == AccountStatus.DEACTIVATED:
         raise ApiError(403, Detail.DEACTIVATED)
-    return Caller(
-        account_id=match.account_id,
-        key_id=match.key_id,
-        metered=match.metered,
-        rpm_limit=match.rpm_limit,
-        concurrency_limit=match.concurrency_limit,
-    )
+    return match
 
 
 async def read(store: Store, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
