@@ -45,12 +45,14 @@ def _uri_encode(value: str) -> str:
 
 
 @lru_cache(maxsize=32)
-def _signing_key(secret_key: str, scope: str) -> bytes:
-    """HMAC chain "AWS4"+secret -> date -> region -> service -> "aws4_request" (one per day)."""
+def _signer(secret_key: str, scope: str) -> hmac.HMAC:
+    """An HMAC-SHA256 keyed with the signing key of `scope`: the chain "AWS4"+secret -> date ->
+    region -> service -> "aws4_request" (one per day). Callers sign with a copy of it, which
+    costs less than keying a new HMAC (1.2 us against 3; this is on every completed poll)."""
     key = ("AWS4" + secret_key).encode("utf-8")
     for part in scope.split("/"):
         key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
-    return key
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def _signature(
@@ -70,9 +72,9 @@ def _signature(
     string_to_sign = "\n".join(
         (ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode("utf-8")).hexdigest())
     )
-    return hmac.new(
-        _signing_key(secret_key, scope), string_to_sign.encode("utf-8"), hashlib.sha256
-    ).hexdigest()
+    signer = _signer(secret_key, scope).copy()
+    signer.update(string_to_sign.encode("utf-8"))
+    return signer.hexdigest()
 
 
 @lru_cache(maxsize=64)
