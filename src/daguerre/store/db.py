@@ -360,15 +360,18 @@ class Checkpointer:
                     while self._db._commits == seen and not self._stopping.is_set():
                         changed.wait()
                 seen = self._db._commits
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
-                except sqlite3.Error:
-                    log.exception("WAL checkpoint failed; retrying after the next commits")
+                self._checkpoint(conn)
                 self._stopping.wait(self._interval_s)  # let the next pages gather
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # leave a short log behind
+            self._checkpoint(conn)  # leave a short log behind
         finally:
             conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.checkpoints += 1
+        except sqlite3.Error:
+            log.exception("WAL checkpoint failed; retrying after the next commits")
 
 
 @dataclass
