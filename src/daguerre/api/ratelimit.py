@@ -27,6 +27,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MovingWindowSupport
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+
 log = logging.getLogger(__name__)
 
 _FAILURE_LOG_INTERVAL_S = 60.0
@@ -98,16 +103,12 @@ class RequestRateLimiter:
         scheme = storage_uri.split("://", 1)[0]
         self.window_s = window_s
         self._memory: MemoryWindows | None = None
-        self._strategy: Any = None
+        self._strategy: MovingWindowRateLimiter | None = None
         self._pool: Any = None
         self._last_failure_log = 0.0
         if scheme == "memory":
             self._memory = MemoryWindows(window_s)
             return
-        from limits.aio.storage import MovingWindowSupport
-        from limits.aio.strategies import MovingWindowRateLimiter
-        from limits.storage import storage_from_string
-
         options: dict[str, Any] = {}
         if scheme in ("redis", "rediss"):
             import redis.asyncio
@@ -130,8 +131,7 @@ class RequestRateLimiter:
         """Count one request; None when the store is unreachable (fail open, no headers)."""
         if self._memory is not None:
             return self._memory.hit(account_id, per_window)
-        from limits import RateLimitItemPerSecond
-
+        assert self._strategy is not None
         item = RateLimitItemPerSecond(per_window, self.window_s)
         try:
             allowed = await self._strategy.hit(item, "creates", account_id)
