@@ -80,7 +80,7 @@ class GenerationResponse(Response):
 
     def render(self, content: Any) -> bytes:
         assert isinstance(content, Generation)
-        return content.__pydantic_serializer__.to_json(content)  # model_dump_json, as bytes
+        return content.model_dump_json().encode()
 
 
 @router.post(
