@@ -61,7 +61,7 @@ def test_the_wal_is_checkpointed_by_the_checkpointer_thread_not_in_the_loop_comm
     while rows_in_the_database_file() < 50 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert rows_in_the_database_file() == 50
-    assert store.db._checkpointer is not None and store.db._checkpointer.checkpoints >= 1
+    assert store.db._on_loop is not None and store.db._on_loop.checkpointer.checkpoints >= 1
     store.close()  # stops the thread
     assert not any(thread.name == "wal-checkpoint" for thread in threading.enumerate())
 

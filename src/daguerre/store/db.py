@@ -46,7 +46,6 @@ class Database:
         self._changed = threading.Condition()
         self._group = GroupCommitter(self)
         self._on_loop = LoopCommitter(self, self._group) if self._fast is not None else None
-        self._checkpointer = Checkpointer(self) if self._on_loop is not None else None
 
     @property
     def fast_reads(self) -> bool:
@@ -119,8 +118,6 @@ class Database:
         return ChangeWatcher(self)
 
     def dispose(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.close()
         if self._on_loop is not None:
             self._on_loop.close()
         self._group.close()
@@ -244,6 +241,8 @@ class LoopCommitter:
         self._local = threading.local()
         self._connections: list[Connection] = []
         self._lock = threading.Lock()
+        self.checkpointer = Checkpointer(db)
+        """Checkpoints for the loop's connections, which leave them to it (started with the first)."""
 
     async def run(self, operation: Callable[[Connection], T]) -> T:
         """Queue `operation` for this loop's next commit and answer its result once committed (a
@@ -263,6 +262,7 @@ class LoopCommitter:
         return future.result()
 
     def close(self) -> None:
+        self.checkpointer.close()
         with self._lock:
             for conn in self._connections:
                 conn.close()
@@ -304,9 +304,8 @@ class LoopCommitter:
             conn.detach()
             driver = _driver(conn)
             driver.execute("PRAGMA busy_timeout=0")  # before anything can wait for a lock
-            if self._db._checkpointer is not None:
-                self._db._checkpointer.start()
-                driver.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's thread does it
+            self.checkpointer.start()
+            driver.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's thread does it
             conn = conn.execution_options(**{_IMMEDIATE: True})
             self._local.conn = conn
             with self._lock:
