@@ -6,6 +6,9 @@ import re
 import uuid
 
 import pytest
+from fastapi import Request, Response
+
+from daguerre.api.deps import RequestRoute
 
 BODY = {"prompt": "a glass of iced coffee on a marble countertop", "aspect_ratio": "16:9"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -142,6 +145,26 @@ def test_openapi_schema_documents_the_api(client):
     }
     (parameter,) = schema["paths"]["/v1/generations/{generation_id}"]["get"]["parameters"]
     assert (parameter["name"], parameter["in"], parameter["required"]) == ("generation_id", "path", True)
+    get = schema["paths"]["/v1/generations/{generation_id}"]["get"]
+    assert get["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Generation"
+    }
+    assert set(get["responses"]) == {"200", "401", "404"}
+
+
+def test_a_request_route_takes_only_the_request():
+    """The generations routes skip FastAPI's parameter solving, so an endpoint that asks for
+    anything else is refused when the route is declared, not left unfilled at request time."""
+
+    async def needs_an_id(request: Request, generation_id: str) -> Response:
+        raise AssertionError
+
+    def not_async(request: Request) -> Response:
+        raise AssertionError
+
+    for endpoint in (needs_an_id, not_async):
+        with pytest.raises(TypeError, match="RequestRoute"):
+            RequestRoute("/x", endpoint)
 
 
 def test_null_aspect_ratio_is_picked_from_the_prompt(client, auth, store):
