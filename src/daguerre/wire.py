@@ -385,4 +385,5 @@ def parse_uuid(value: str) -> str | None:
 
 def format_timestamp(moment: datetime) -> str:
     """Luma's timestamp form: ISO-8601 in UTC with a trailing `Z`, whole seconds."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is C and locale-free; 'YYYY-MM-DDTHH:MM:SS' then '+00:00', which Z replaces.
+    return moment.astimezone(UTC).isoformat(timespec="seconds")[:19] + "Z"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from fastapi import Request, Response
 
 from daguerre.api.deps import RequestRoute
+from daguerre.wire import format_timestamp
 
 BODY = {"prompt": "a glass of iced coffee on a marble countertop", "aspect_ratio": "16:9"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -178,3 +180,9 @@ def test_null_aspect_ratio_is_picked_from_the_prompt(client, auth, store):
     assert ratio("a panoramic banner of a city") == "3:1"
     assert ratio("a red apple", style="manga") == "2:3"
     assert ratio("a wide landscape", style="manga") == "2:3"
+
+
+def test_timestamps_are_utc_whole_seconds_with_a_z():
+    moment = datetime(2026, 3, 9, 23, 59, 58, 999_999, tzinfo=timezone(timedelta(hours=-5)))
+    assert format_timestamp(moment) == "2026-03-10T04:59:58Z"
+    assert format_timestamp(datetime(7, 1, 2, 3, 4, 5, tzinfo=UTC)) == "0007-01-02T03:04:05Z"
