@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 
 from daguerre.api.deps import RequestRoute
 from daguerre.wire import format_timestamp
@@ -167,6 +167,13 @@ def test_a_request_route_takes_only_the_request():
     for endpoint in (needs_an_id, not_async):
         with pytest.raises(TypeError, match="RequestRoute"):
             RequestRoute("/x", endpoint)
+
+    async def fine(request: Request) -> Response:
+        raise AssertionError
+
+    RequestRoute("/x", fine)
+    with pytest.raises(TypeError, match="no dependencies"):
+        RequestRoute("/x", fine, dependencies=[Depends(lambda: None)])
 
 
 def test_null_aspect_ratio_is_picked_from_the_prompt(client, auth, store):

@@ -146,6 +146,8 @@ class RequestRoute(APIRoute):
         if not inspect.iscoroutinefunction(endpoint) or [p.name for p in parameters] != ["request"]:
             raise TypeError(f"{endpoint.__name__}: a RequestRoute endpoint is `async def f(request)`")
         super().__init__(path, endpoint, **kwargs)
+        if self.dependencies:
+            raise TypeError(f"{endpoint.__name__}: a RequestRoute runs no dependencies")
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
