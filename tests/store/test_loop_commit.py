@@ -9,11 +9,14 @@ import threading
 import time
 import uuid
 from dataclasses import fields
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
+from daguerre.store import db as db_module
+from daguerre.store import open_store
 from daguerre.store.generations import _COUNT_ACTIVE, GenerationRecord, GenerationSummary, NewGeneration
 from daguerre.store.schema import accounts
 from daguerre.wire import GenerationCreate
@@ -154,3 +157,27 @@ def test_concurrency_count_is_answered_from_the_index(store, key, count):
     with store.db.read() as conn:
         plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
     assert "COVERING INDEX ix_generations_account_state_created" in plan  # no visit to the table
+
+
+def test_the_log_file_is_cut_back_when_it_starts_over(settings, monkeypatch):
+    """SQLite never shrinks the -wal file by itself; the journal size limit does, at the first
+    commit after a fully checkpointed log starts over."""
+    monkeypatch.setattr(db_module, "WAL_SIZE_LIMIT_BYTES", 64 * 1024)
+    store = open_store(settings.resolved_database_url)
+    wal = settings.data_dir / "daguerre.db-wal"
+    try:
+        with store.db.write() as conn:  # one transaction of about 400 pages, under autocheckpoint
+            conn.execute(accounts.insert(), [_account(i) for i in range(4000)])
+        assert wal.stat().st_size > 1024 * 1024
+        checkpoint = sqlite3.connect(settings.data_dir / "daguerre.db")
+        assert checkpoint.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+        checkpoint.close()
+        with store.db.write() as conn:  # starts the log over
+            conn.execute(accounts.insert(), [_account(4000)])
+        assert wal.stat().st_size <= 64 * 1024
+    finally:
+        store.close()
+
+
+def _account(i: int) -> dict[str, object]:
+    return {"id": str(uuid.uuid4()), "name": f"account-{i}-" + "x" * 60, "created_at": datetime.now(UTC)}
