@@ -1,9 +1,9 @@
 """What routes need: the deployment's services, the authenticated caller, the JSON body.
 
-Routes take the caller (and the body) as dependencies and reach the store, blobs and settings
-through `services(request)`. Each FastAPI dependency costs 6-10 us per request (measured), which
-is a visible share of a polling GET, so the services are one attribute read rather than three
-dependencies.
+The Files and usage routes take the caller as a dependency (`CallerDep`); the generations routes,
+called most, are `RequestRoute`s that call `authenticate` and `json_body` themselves. All reach
+the store, blobs and settings through `services(request)`: each FastAPI dependency costs 6-10 us
+per request (measured), so the services are one attribute read rather than three dependencies.
 """
 
 from __future__ import annotations
