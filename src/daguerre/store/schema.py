@@ -115,6 +115,8 @@ generations = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("started_at", UTCDateTime(), nullable=True),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
+    # When the retention policy deleted this generation's output and input blobs; None: not yet.
+    sa.Column("purged_at", UTCDateTime(), nullable=True),
     sa.CheckConstraint("state IN ('queued', 'processing', 'completed', 'failed')", name="state"),
     # One index per account serves both the concurrency check (account, active states) and the
     # usage report (account, every state, a created_at range): each index keyed by account id is a
@@ -155,6 +157,8 @@ files = sa.Table(
     sa.Column("uploaded_at", UTCDateTime(), nullable=True),
     sa.Column("expires_at", UTCDateTime(), nullable=True),
     sa.Column("deleted_at", UTCDateTime(), nullable=True),
+    # Ingests started for this upload; the maintenance task stops retrying after a few.
+    sa.Column("ingest_attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.CheckConstraint("state IN ('pending', 'ready', 'failed', 'deleted')", name="state"),
     sa.CheckConstraint("purpose IN ('input', 'reference')", name="purpose"),
     sa.Index("ix_files_account_created", "account_id", "created_at", "id"),
