@@ -5,7 +5,8 @@ By default, as Luma documents for its own fetcher:
 * `https://` only, and no redirect from https to http;
 * every hop's host must resolve only to public addresses: no loopback, private, link-local (which
   includes cloud metadata at 169.254.169.254), CGNAT, multicast, reserved or unspecified ones,
-  in IPv4 or IPv6 (IPv4-mapped IPv6 addresses are judged as the IPv4 address);
+  in IPv4 or IPv6; IPv6 forms that embed an IPv4 address (mapped, NAT64, 6to4, IPv4-compatible,
+  Teredo) are judged by the IPv4 address they reach, and site-local `fec0::/10` is refused;
 * the connection goes to the address that was checked (the resolver is not asked twice), so a
   DNS answer that changes between the check and the connect (DNS rebinding) cannot redirect it;
 * a 2xx answer with an `image/*` content type, streamed and cut off past 50 MB;
@@ -35,6 +36,9 @@ from daguerre.wire import MAX_INPUT_IMAGE_BYTES, Detail
 
 MAX_REDIRECTS = 5
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: local-use translation, never public
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 USER_AGENT = "daguerre-fetch/1"
 
 
@@ -69,13 +73,39 @@ class UrlPolicy:
 
     def address_allowed(self, address: str) -> bool:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if any(ip in network for network in self.allowed_networks):
+            return True
+        return all(self._judge(candidate) for candidate in judged_addresses(ip))
+
+    def _judge(self, ip: IPAddress) -> bool:
         if any(ip in network for network in self.allowed_networks):
             return True
         if self.allow_private:
             return not (ip.is_multicast or ip.is_unspecified)
+        if isinstance(ip, ipaddress.IPv6Address) and (ip.is_site_local or ip in NAT64_LOCAL):
+            return False
         return ip.is_global and not (ip.is_multicast or ip in CGNAT)
+
+
+def judged_addresses(ip: IPAddress) -> tuple[IPAddress, ...]:
+    """The addresses a connection to `ip` really reaches, to be judged instead of `ip` itself.
+
+    IPv6 forms that carry an IPv4 address are judged as that address (a public-looking IPv6 form
+    of 169.254.169.254 is still the metadata service): IPv4-mapped `::ffff:a.b.c.d`, NAT64
+    `64:ff9b::a.b.c.d`, 6to4 `2002:AABB:CCDD::/48`, IPv4-compatible `::a.b.c.d`, and Teredo
+    (its server and its client address, both judged).
+    """
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return (ip,)
+    if ip.ipv4_mapped is not None:
+        return (ip.ipv4_mapped,)
+    if ip in NAT64_WELL_KNOWN or (int(ip) >> 32 == 0 and int(ip) > 1):
+        return (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF),)
+    if ip.sixtofour is not None:
+        return (ip.sixtofour,)
+    if ip.teredo is not None:
+        return ip.teredo
+    return (ip,)
 
 
 class _Refused(Exception):

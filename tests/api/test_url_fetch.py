@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from daguerre.api import create_app
+from daguerre.fetch import UrlPolicy
 from daguerre.settings import Settings
 from daguerre.wire import State
 from support.imageserver import image_servers
@@ -54,6 +55,12 @@ def detail(response):
         ("https://100.64.0.1/image.png", "address not allowed"),  # CGNAT
         ("https://[::ffff:127.0.0.1]:{port}/image.png", "address not allowed"),  # IPv4-mapped loopback
         ("https://0.0.0.0:{port}/image.png", "address not allowed"),
+        # IPv6 forms that embed an IPv4 address are judged by that address
+        ("https://[64:ff9b::a9fe:a9fe]/latest/meta-data", "address not allowed"),  # NAT64 of 169.254.169.254
+        ("https://[2002:a9fe:a9fe::1]/image.png", "address not allowed"),  # 6to4 of 169.254.169.254
+        ("https://[::a9fe:a9fe]/image.png", "address not allowed"),  # IPv4-compatible
+        ("https://[::7f00:1]:{port}/image.png", "address not allowed"),  # IPv4-compatible loopback
+        ("https://[fec0::1]/image.png", "address not allowed"),  # site-local
         ("http://example.com/image.png", "https required"),
         ("ftp://example.com/image.png", "https required"),
     ],
@@ -167,3 +174,33 @@ def test_url_ingestion_can_be_switched_off(make_client, auth, servers):
         )
         data_ref = {"prompt": "x", "image_ref": [{"data": "iVBORw0KGgo=", "media_type": "image/png"}]}
         assert client.post("/v1/generations", json=data_ref, headers=auth).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700::1111", True),
+        ("64:ff9b::808:808", True),  # NAT64 of a public address
+        ("2002:808:808::1", True),  # 6to4 of a public address
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of the metadata address
+        ("64:ff9b::a00:1", False),  # NAT64 of 10.0.0.1
+        ("64:ff9b:1::808:808", False),  # local-use NAT64 prefix
+        ("2002:c0a8:101::1", False),  # 6to4 of 192.168.1.1
+        ("::a9fe:a9fe", False),  # IPv4-compatible
+        ("::ffff:a9fe:a9fe", False),  # IPv4-mapped
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo: its client is a documentation address
+        ("fec0::1", False),  # site-local
+        ("fc00::1", False),  # unique local
+        ("fe80::1%eth0", False),  # link-local with a zone
+    ],
+)
+def test_ipv6_forms_are_judged_by_the_ipv4_address_they_reach(address, allowed):
+    assert UrlPolicy().address_allowed(address) is allowed
+
+
+def test_allowing_private_networks_still_refuses_embedded_multicast_and_unspecified():
+    policy = UrlPolicy(allow_private=True)
+    assert policy.address_allowed("64:ff9b::a00:1")  # private is allowed now
+    assert not policy.address_allowed("64:ff9b::e000:1")  # 224.0.0.1, multicast
+    assert not policy.address_allowed("::ffff:0.0.0.0")
