@@ -191,17 +191,27 @@ async def fetch_image(url: str, path: str, policy: UrlPolicy) -> Fetched:
         raise ApiError(422, Detail.ref_fetch_failed(path)) from None
 
 
+def _parse_url(text: str, base: httpx.URL | None = None) -> httpx.URL:
+    """The URL `text` (resolved against `base` for a redirect), or _Refused("invalid URL") for text
+    httpx cannot parse: an unclosed IPv6 bracket, an octal or out-of-range IPv4 host, bad
+    characters (`https://[::1/x.png`, `https://0177.0.0.1/x.png`)."""
+    try:
+        return base.join(text) if base is not None else httpx.URL(text)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise _Refused("invalid URL") from None
+
+
 async def _follow(
     client: httpx.AsyncClient, url: str, path: str, policy: UrlPolicy, deadline: float
 ) -> Fetched:
-    current = httpx.URL(url)
+    current = _parse_url(url)
     for _ in range(MAX_REDIRECTS + 1):
         if current.scheme != "https" and not (current.scheme == "http" and policy.allow_http):
             raise _Refused("https required")
         remaining = max(0.1, deadline - time.monotonic())
         async with client.stream("GET", current, timeout=remaining, follow_redirects=False) as response:
             if response.is_redirect:
-                target = current.join(response.headers.get("location", ""))
+                target = _parse_url(response.headers.get("location", ""), base=current)
                 if current.scheme == "https" and target.scheme == "http":
                     raise _Refused("redirect to http not allowed")
                 current = target

@@ -115,6 +115,9 @@ class Detail:
 
     # 400: request shape (daguerre) and values (Luma)
     BODY_NOT_OBJECT = "Request body must be a JSON object"
+    BODY_NOT_JSON = "Request body is not valid JSON"
+    BODY_TOO_DEEP = "Request body is nested too deeply"
+    BODY_TOO_MANY_VALUES = "Request body has too many JSON values"
     PROMPT_LENGTH = f"Prompt must be between 1 and {PROMPT_MAX_CHARS} characters"
     SOURCE_REQUIRED = "source is required for type 'image_edit'"
     SOURCE_ONLY_FOR_EDIT = "source is only valid for type 'image_edit'"

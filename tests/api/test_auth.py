@@ -94,3 +94,16 @@ def test_keys_of_one_account_share_generations_other_accounts_get_404(client, st
     assert client.get(f"/v1/generations/{created['id']}", headers=same_account.headers).status_code == 200
     foreign = client.get(f"/v1/generations/{created['id']}", headers=other_account.headers)
     assert (foreign.status_code, foreign.json()) == (404, {"detail": "Generation not found"})
+
+
+@pytest.mark.parametrize(
+    "template", ["Bearer  {}", "Bearer   {}", "Bearer\t{}", "Bearer {} x", "Bearer {}\x7f"]
+)
+def test_a_real_key_in_a_malformed_header_is_refused(client, key, template):
+    headers = {"Authorization": template.format(key.token)}
+    response = client.get("/v1/generations/d290f1ee-6c54-4b01-90e6-d701748f0851", headers=headers)
+    assert (response.status_code, response.json()) == (401, {"detail": "Missing or invalid API key"})
+    exact = {"Authorization": f"Bearer {key.token}"}
+    assert (
+        client.get("/v1/generations/d290f1ee-6c54-4b01-90e6-d701748f0851", headers=exact).status_code == 404
+    )

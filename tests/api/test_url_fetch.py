@@ -62,6 +62,9 @@ def detail(response):
         ("https://[::7f00:1]:{port}/image.png", "address not allowed"),  # IPv4-compatible loopback
         ("https://[fec0::1]/image.png", "address not allowed"),  # site-local
         ("http://example.com/image.png", "https required"),
+        ("https://[::1/x.png", "invalid URL"),  # unclosed IPv6 bracket
+        ("https://0177.0.0.1/x.png", "invalid URL"),  # octal IPv4
+        ("https://256.1.1.1/x.png", "invalid URL"),
         ("ftp://example.com/image.png", "https required"),
     ],
 )

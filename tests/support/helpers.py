@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,3 +284,30 @@ def wait_for_generation(luma: Any, generation_id: str, deadline_s: float = 120.0
             return generation
         time.sleep(0.1)
     raise AssertionError(f"{generation_id} did not finish in {deadline_s} s")
+
+
+# The app in a real uvicorn server on a thread of the test process ----------------------------------
+
+
+@contextmanager
+def uvicorn_thread(app: Any) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port from a thread; yields the base URL. Unlike
+    a `daguerre serve` process, the test can patch the app's store and blobs while it runs."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -3,7 +3,8 @@
     app = create_app(settings, store, blobs)
 
 Every error body is `{"detail": "<string>"}`: ApiError with its status, unknown routes (404),
-wrong methods (405), parameter errors (400) and anything unexpected (500 `Internal server error`).
+wrong methods (405), parameter errors (400) and anything unexpected (500 `Internal server error`,
+answered by api.middleware.InternalErrorMiddleware).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from daguerre.api import blobs as blob_routes
 from daguerre.api import files, generations, usage
 from daguerre.api.deps import Services
 from daguerre.api.files import maintain_files
-from daguerre.api.middleware import BodySizeLimitMiddleware, HeadersMiddleware
+from daguerre.api.middleware import BodySizeLimitMiddleware, HeadersMiddleware, InternalErrorMiddleware
 from daguerre.blobs import BlobStore, LocalBlobStore
 from daguerre.errors import ApiError
 from daguerre.settings import Settings
@@ -85,9 +86,10 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _internal_error)
-    # Outermost first: headers go on every answer, including the cap's 413.
+    # Added innermost first: headers go on every answer, including the cap's 413 and the 500 of
+    # anything unexpected (which must not catch the cap's own signal, so it sits outside the cap).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(HeadersMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -145,11 +147,6 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     location = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
     return _error(400, f"{location}: {first.get('msg', 'invalid value')}")
-
-
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error(500, Detail.INTERNAL)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import inspect
-import json
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -28,9 +28,11 @@ from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.store.accounts import AccountStatus, KeyMatch, hash_key
 from daguerre.store.clock import utcnow
+from daguerre.validation import decode_json_body
 from daguerre.wire import KEY_PREFIX, Detail
 
 BEARER = b"Bearer "
+_KEY_TOKEN = re.compile(re.escape(KEY_PREFIX.encode()) + rb"[A-Za-z0-9._~+/-]+=*")
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -83,11 +85,11 @@ async def authenticate(request: Request) -> Caller:
     is a read (see `read`)."""
     store = services(request).store
     header = next((value for name, value in request.scope["headers"] if name == b"authorization"), b"")
-    if not header.startswith(BEARER):  # the scheme word is case-sensitive (Luma)
+    # "Bearer", one space, a key: the scheme word is case-sensitive (Luma) and the key a b64token
+    # (RFC 6750), so extra spaces or other characters are a malformed header, not a key.
+    if not header.startswith(BEARER) or _KEY_TOKEN.fullmatch(header, len(BEARER)) is None:
         raise ApiError(401, Detail.MISSING_KEY)
-    token = header[len(BEARER) :].decode("latin-1").strip()
-    if not token.startswith(KEY_PREFIX) or len(token) <= len(KEY_PREFIX):
-        raise ApiError(401, Detail.MISSING_KEY)
+    token = header[len(BEARER) :].decode("ascii")
     key_hash = hash_key(token)
     match = store.accounts.cached_key(key_hash) or await read(store, store.accounts.find_key, key_hash)
     if match is None or not hmac.compare_digest(match.key_hash, key_hash):
@@ -122,11 +124,7 @@ def base_url(request: Request) -> str:
 
 async def json_body(request: Request) -> Any:
     """The request body decoded as JSON; 400 with a string detail when it is not JSON."""
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "Request body is not valid JSON") from None
+    return decode_json_body(await request.body())
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]

@@ -17,7 +17,6 @@ which also deletes files past their `expires_at`.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -25,7 +24,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from daguerre.api.deps import CallerDep, Services, base_url, services
+from daguerre.api.deps import CallerDep, Services, base_url, json_body, services
 from daguerre.blobs import BlobNotFound
 from daguerre.errors import ApiError, JobFailure
 from daguerre.media import load_input, sniff_media_type
@@ -127,11 +126,7 @@ async def create_file(request: Request, caller: CallerDep, background: Backgroun
         background.add_task(ingest, svc, record.id, record.account_id)
         response = CreateFileResponse(id=record.id, state=record.state, file=to_wire(record), upload=None)
         return JSONModelResponse(response, status_code=201)
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "Request body is not valid JSON") from None
-    create = parse_file_create(body)
+    create = parse_file_create(await json_body(request))
     record = await run_in_threadpool(svc.store.files.create, _new_file(caller.account_id, create))
     expires = utcnow() + timedelta(seconds=OUTPUT_URL_TTL_S)
     upload = PresignedUpload(
@@ -233,9 +228,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, file_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), file_id
+        moment = datetime.fromisoformat(created)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "cursor: invalid") from None
+    if moment.tzinfo is None or moment.utcoffset() != timedelta(0):  # cursors are minted in UTC
+        raise ApiError(400, "cursor: invalid")
+    return moment, file_id
 
 
 @router.get("/{file_id}", response_model=File, responses=_NOT_FOUND, summary="Get a file")

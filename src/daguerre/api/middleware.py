@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: response headers every /v1 answer carries, and the request-body cap.
+"""Pure ASGI middleware: response headers every /v1 answer carries, the request-body cap, and the
+500 answer to anything unexpected.
 
 Written against ASGI directly (not BaseHTTPMiddleware) so they add microseconds, not a task per
 request, and so the body cap can refuse a request before its body is read into memory.
@@ -7,13 +8,16 @@ request, and so the body cap can refuse a request before its body is read into m
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daguerre.wire import API_VERSION, Detail
 
+log = logging.getLogger(__name__)
 _API_VERSION_HEADER = (b"x-api-version", API_VERSION.encode())
 MAX_REQUEST_ID_CHARS = 200
 
@@ -53,6 +57,48 @@ class HeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class InternalErrorMiddleware:
+    """Answers any exception no handler took with 500 `Internal server error`, logged with the
+    request id, and leaves the connection usable.
+
+    Starlette's own ServerErrorMiddleware also answers 500, but then re-raises, and uvicorn closes
+    the connection of a request whose application raised: a keep-alive client loses its
+    connection (and, when the exception came after the answer, e.g. in a background task, the
+    answer it already had looked like a broken connection). An exception after the answer has
+    started is logged; what was sent stands, and a response cut short is closed by the server."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            log.info("client went away during %s %s", scope["method"], scope["path"])
+        except Exception:
+            request_id = scope.get("state", {}).get("request_id", "-")
+            log.exception(
+                "unhandled error on %s %s (request id %s)%s",
+                scope["method"],
+                scope["path"],
+                request_id,
+                "; the response had already started" if started else "",
+            )
+            if not started:
+                await _send_json(send, 500, Detail.INTERNAL)
 
 
 class _BodyTooLarge(Exception):
@@ -108,12 +154,17 @@ class BodySizeLimitMiddleware:
 
 
 async def _send_413(send: Send) -> None:
-    body = json.dumps({"detail": Detail.BODY_TOO_LARGE}).encode()
+    await _send_json(send, 413, Detail.BODY_TOO_LARGE, close=True)
+
+
+async def _send_json(send: Send, status: int, detail: str, close: bool = False) -> None:
+    body = json.dumps({"detail": detail}).encode()
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
     ]
-    start: dict[str, Any] = {"type": "http.response.start", "status": 413, "headers": headers}
+    if close:  # the unread rest of the body would otherwise be taken for the next request
+        headers.append((b"connection", b"close"))
+    start: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": headers}
     await send(start)
     await send({"type": "http.response.body", "body": body})

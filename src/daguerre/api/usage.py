@@ -7,7 +7,7 @@ Not counted in the requests-per-minute limit.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -16,20 +16,12 @@ from daguerre.api.deps import CallerDep, read, services
 from daguerre.api.files import JSONModelResponse
 from daguerre.errors import ApiError
 from daguerre.store.accounts import month_start
+from daguerre.validation import parse_timestamp
 from daguerre.wire import USAGE_GROUPS, UsageCounts, UsageGroup, UsageReport, format_timestamp
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 MAX_RANGE = timedelta(days=366)
-
-
-def _moment(value: str, name: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ApiError(400, f"{name}: must be an ISO-8601 date or datetime") from None
-    if len(value) == 10:  # a date: its start
-        moment = datetime.combine(moment.date(), time(), UTC)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+_DATE_OR_DATETIME = "an ISO-8601 date or datetime"
 
 
 @router.get("", response_model=UsageReport, summary="Usage of the caller's account")
@@ -45,8 +37,8 @@ async def usage(
     """Generations created in [from, to), counted by state, and the money captured for them."""
     if group_by not in USAGE_GROUPS:
         raise ApiError(400, f"group_by: must be one of {', '.join(USAGE_GROUPS)}")
-    first = _moment(start, "from") if start else month_start()
-    last = _moment(end, "to") if end else datetime.now(UTC) + timedelta(seconds=1)
+    first = parse_timestamp(start, "from", _DATE_OR_DATETIME) if start else month_start()
+    last = parse_timestamp(end, "to", _DATE_OR_DATETIME) if end else datetime.now(UTC) + timedelta(seconds=1)
     if last <= first:
         raise ApiError(400, "to: must be after from")
     if last - first > MAX_RANGE:
