@@ -2,27 +2,96 @@
 
 Heavy modules (FastAPI, SQLAlchemy, torch) are imported inside the subcommands that need them, so
 `daguerre --help` stays instant and the base install needs none of them.
+
+Errors a user can make are one line on stderr, `daguerre: ...`, and an exit status:
+
+* 2 (USAGE): the command itself is wrong: a bad option value, a missing argument, options that
+  contradict each other, invalid settings. Nothing was read or written.
+* 1 (STATE): the command is well-formed but the data does not allow it: no such account or key, an
+  account name already taken, no database where the settings point, a database that cannot be
+  opened.
+
+Values are checked before anything is written, so a refused command changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from daguerre.settings import Settings, write_private_file
 
+try:  # newer typers carry their own copy of click and raise its exceptions
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover - older typers raise click's
+    from click.exceptions import ClickException, UsageError  # type: ignore[assignment]
+
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from daguerre.store import Store
 
+USAGE = 2
+"""Exit status of a command that is wrong in itself (bad value, missing argument, bad settings)."""
+STATE = 1
+"""Exit status of a well-formed command the data does not allow (no such account, no database)."""
+
+log = logging.getLogger("daguerre.cli")
+
+
+class _Commands(TyperGroup):
+    """The root command. Its only difference from Typer's: a usage error (unknown option, missing
+    argument, a value of the wrong type) is one line on stderr and exit status 2, rather than the
+    usage text and a framed message."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        try:
+            status = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except typer.Abort:
+            typer.echo("daguerre: aborted", err=True)
+            sys.exit(STATE)
+        except ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # the help itself, already shown
+                if exc.format_message().strip():
+                    typer.echo(exc.format_message(), err=True)
+                sys.exit(exc.exit_code)
+            message = f"daguerre: {_one_line(exc.format_message())}"
+            ctx = exc.ctx if isinstance(exc, UsageError) else None
+            if ctx is not None:
+                message += f" (see '{ctx.command_path} --help')"
+            typer.echo(message, err=True)
+            sys.exit(exc.exit_code)
+        # Without standalone mode the result is the command's return value (None) or the status of
+        # a typer.Exit.
+        sys.exit(status if isinstance(status, int) else 0)
+
+
 app = typer.Typer(
-    help="daguerre: self-hosted image generation with Luma's Generations API.", no_args_is_help=True
+    cls=_Commands,
+    help="daguerre: self-hosted image generation with Luma's Generations API.",
+    no_args_is_help=True,
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -42,15 +111,38 @@ ModelsOpt = Annotated[
 ]
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _fail(status: int, message: str) -> NoReturn:
+    """One line on stderr, then exit with `status` (USAGE or STATE)."""
+    typer.echo(f"daguerre: {_one_line(message)}", err=True)
+    raise typer.Exit(status)
+
+
 def _settings(config: Path | None, **values: Any) -> Settings:
+    from pydantic import ValidationError
+
     try:
         settings = Settings.load(config, **values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            + (f" (got {error['input']!r})" if isinstance(error["input"], int | float | str) else "")
+            for error in exc.errors()
+        )
+        _fail(USAGE, f"invalid settings: {problems}")
     except Exception as exc:
-        typer.echo(f"daguerre: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        _fail(USAGE, f"invalid settings: {exc}")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.log_level != "debug":
+        # Alembic tells at INFO which plugins it set up and which DDL mode it assumes, each time the
+        # schema is checked, which is every command. What a migration did is reported by
+        # `_open_store` (and printed by `daguerre migrate`); Alembic's warnings and errors still show.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     return settings
 
 
@@ -63,14 +155,169 @@ def _startup_errors() -> Iterator[None]:
     try:
         yield
     except (ModelsConfigError, ModerationUnavailable) as exc:
-        typer.echo(f"daguerre: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        _fail(USAGE, str(exc))
 
 
-def _open_store(settings: Settings) -> Store:
+# The database ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """What bringing the schema up to date did: the revision before (None: no schema yet) and after."""
+
+    database: str
+    """The database URL, its password hidden."""
+    before: str | None
+    after: str | None
+
+    def describe(self) -> str:
+        if self.before == self.after:
+            return f"database at {self.database} is up to date (schema {self.after})"
+        if self.before is None:
+            return f"database at {self.database}: schema {self.after} created"
+        return f"database at {self.database}: schema upgraded from {self.before} to {self.after}"
+
+
+def _sqlite_file(url: sa.URL) -> Path | None:
+    """The file of a SQLite database; None for other databases and in-memory SQLite."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):  # a SQLite URI filename: left to SQLite
+        return None
+    return Path(database)
+
+
+def _is_database(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _schema_revision(url: str) -> str | None:
+    import sqlalchemy as sa
+    from alembic.runtime.migration import MigrationContext
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def _migrate(settings: Settings, *, create: bool) -> _Schema:
+    """Bring the schema up to date. Unless `create` (serve, worker, migrate), a SQLite database must
+    already exist: commands that read or change what is in it never create an empty one elsewhere."""
+    import sqlalchemy as sa
+
+    from daguerre.store.migrate import upgrade
+
+    url = settings.resolved_database_url
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        _fail(USAGE, f"invalid settings: database_url: {exc}")
+    shown = parsed.render_as_string(hide_password=True)
+    path = _sqlite_file(parsed)
+    if path is not None and not create and not _is_database(path):
+        _fail(
+            STATE,
+            f"no daguerre database at {path}: point at yours with --data-dir or DAGUERRE_DATA_DIR "
+            "(or database_url), or create one with 'daguerre serve' or 'daguerre migrate'",
+        )
+    try:
+        before = None if path is not None and not _is_database(path) else _schema_revision(url)
+        upgrade(url)
+        return _Schema(shown, before, _schema_revision(url))
+    except (sa.exc.SQLAlchemyError, ModuleNotFoundError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _fail(STATE, f"cannot open the database at {shown}: {reason}")
+
+
+def _open_store(settings: Settings, *, create: bool = False) -> Store:
+    """The store, its schema brought up to date first (see `_migrate` for `create`)."""
     from daguerre.store import open_store
 
-    return open_store(settings.resolved_database_url, key_cache_s=settings.key_cache_s)
+    schema = _migrate(settings, create=create)
+    if schema.before != schema.after:
+        log.info("%s", schema.describe())
+    return open_store(settings.resolved_database_url, migrate=False, key_cache_s=settings.key_cache_s)
+
+
+# Values of options -----------------------------------------------------------------------------
+
+MAX_LIMIT = 2**31 - 1
+"""The largest per-account limit (the columns are 32-bit integers)."""
+MAX_DOLLARS = Decimal(1_000_000_000)
+"""The largest balance or spending cap the CLI takes (the columns hold micro-dollars in 64 bits)."""
+MAX_DAYS = 36_525.0
+"""A key expires at most a hundred years from now (give no --expires-in-days for never)."""
+
+
+def _bad_value(option: str, text: str, expected: str) -> NoReturn:
+    _fail(USAGE, f"invalid value for {option}: {text!r} is not {expected}")
+
+
+def _limit(option: str, text: str) -> int | None:
+    """`--rpm` / `--concurrency`: N >= 1, `default` (None: the deployment's) or `unlimited` (0)."""
+    from daguerre.store.accounts import UNLIMITED
+
+    word = text.strip().lower()
+    if word == "default":
+        return None
+    if word == "unlimited":
+        return UNLIMITED
+    expected = f"a whole number from 1 to {MAX_LIMIT}, 'default' or 'unlimited'"
+    try:
+        value = int(word)
+    except ValueError:
+        _bad_value(option, text, expected)
+    if value == 0:
+        _fail(USAGE, f"invalid value for {option}: 0 is not a limit: say 'unlimited' or 'default'")
+    if not 1 <= value <= MAX_LIMIT:
+        _bad_value(option, text, expected)
+    return value
+
+
+def _micro_dollars(option: str, text: str) -> int:
+    """Dollars (`25`, `12.50`, `$3`) -> micro-dollars, 0 to MAX_DOLLARS."""
+    from daguerre.pricing import MICRO
+
+    expected = f"an amount in dollars from 0 to {MAX_DOLLARS:,} (e.g. 25 or 12.50)"
+    try:
+        amount = Decimal(text.strip().removeprefix("$"))
+    except InvalidOperation:
+        _bad_value(option, text, expected)
+    if not amount.is_finite() or not 0 <= amount <= MAX_DOLLARS:
+        _bad_value(option, text, expected)
+    return int((amount * MICRO).to_integral_value())
+
+
+def _days(option: str, text: str) -> float:
+    expected = f"a number of days above 0 and at most {MAX_DAYS:,.0f}"
+    try:
+        days = float(text)
+    except ValueError:
+        _bad_value(option, text, expected)
+    if not math.isfinite(days) or not 0 < days <= MAX_DAYS:
+        _bad_value(option, text, expected)
+    return days
+
+
+def _account_name(option: str, text: str) -> str:
+    name = text.strip()
+    if not name or len(name) > 100:
+        _bad_value(option, text, "an account name (1 to 100 characters)")
+    return name
+
+
+def _limit_text(value: int | None, default: int) -> str:
+    from daguerre.store.accounts import applied_limit
+
+    applied = applied_limit(value, default)
+    return "unlimited" if applied is None else str(applied)
+
+
+# serve, worker, migrate: these may create the database ----------------------------------------
 
 
 @app.command()
@@ -90,7 +337,7 @@ def serve(
     from daguerre.blobs import open_blob_store
     from daguerre.worker import WorkerPool
 
-    store = _open_store(settings)
+    store = _open_store(settings, create=True)
     blobs = open_blob_store(settings)
     _first_run(settings, store)
     with _startup_errors():
@@ -137,7 +384,7 @@ def worker(data_dir: DataDirOpt = None, models: ModelsOpt = None, config: Config
     from daguerre.blobs import open_blob_store
     from daguerre.worker import WorkerPool
 
-    store = _open_store(settings)
+    store = _open_store(settings, create=True)
     with _startup_errors():
         pool = WorkerPool(settings, store, open_blob_store(settings), count=1)
 
@@ -156,18 +403,23 @@ def worker(data_dir: DataDirOpt = None, models: ModelsOpt = None, config: Config
 
 @app.command()
 def migrate(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
-    """Bring the database schema to the newest version (serve and worker also do this at start)."""
+    """Create the database, or bring its schema to the newest version (serve and worker also do
+    this at start), and say which."""
     settings = _settings(config, data_dir=data_dir)
-    _open_store(settings).close()
-    typer.echo(f"database at {settings.resolved_database_url} is up to date")
+    typer.echo(_migrate(settings, create=True).describe())
 
 
 def _first_run(settings: Settings, store: Store) -> None:
     """On an empty database: create the local account and its first key, print it once, and save
-    it to a file only the current user can read."""
+    it to a file only the current user can read.
+
+    The local account is the owner's: it has no per-minute and no concurrency limit (`accounts
+    set-limits local` gives it some). Accounts made with the CLI keep the deployment's defaults."""
+    from daguerre.store.accounts import UNLIMITED
+
     if store.accounts.count() > 0:
         return
-    account = store.accounts.create(FIRST_ACCOUNT)
+    account = store.accounts.create(FIRST_ACCOUNT, rpm_limit=UNLIMITED, concurrency_limit=UNLIMITED)
     _, token = store.accounts.create_key(account.id, name="first key")
     saved = write_private_file(settings.first_key_file, token + "\n")
     base = f"http://{settings.host}:{settings.port}/v1"
@@ -179,7 +431,7 @@ def _first_run(settings: Settings, store: Store) -> None:
     )
 
 
-# keys ------------------------------------------------------------------------------------------
+# keys: these need an existing database ---------------------------------------------------------
 
 
 @keys_app.command("create")
@@ -189,24 +441,32 @@ def keys_create(
     ] = FIRST_ACCOUNT,
     name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
     expires_in_days: Annotated[
-        float | None, typer.Option(help="Expire the key after this many days.")
+        str | None, typer.Option(help="Expire the key after this many days.", metavar="DAYS")
     ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Create a key and print it. It is shown once and stored only as a hash."""
-    from daguerre.store.accounts import AccountNotFound
+    from daguerre.store.accounts import AccountExists, AccountNotFound
 
+    account = _account_name("--account", account)
+    days = _days("--expires-in-days", expires_in_days) if expires_in_days is not None else None
     settings = _settings(config, data_dir=data_dir)
     store = _open_store(settings)
     try:
-        owner = store.accounts.get(account)
-    except AccountNotFound:
-        owner = store.accounts.create(account)
-        typer.echo(f"created account '{owner.name}' ({owner.id})", err=True)
-    expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
-    record, token = store.accounts.create_key(owner.id, name=name, expires_at=expires_at)
-    store.close()
+        try:
+            owner = store.accounts.get(account)
+        except AccountNotFound:
+            try:
+                owner = store.accounts.create(account)
+            except AccountExists:  # created by someone else just now
+                owner = store.accounts.get(account)
+            else:
+                typer.echo(f"created account '{owner.name}' ({owner.id})", err=True)
+        expires_at = datetime.now(UTC) + timedelta(days=days) if days is not None else None
+        record, token = store.accounts.create_key(owner.id, name=name, expires_at=expires_at)
+    finally:
+        store.close()
     typer.echo(
         f"key {record.id} for account '{owner.name}'"
         + (f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""),
@@ -222,12 +482,20 @@ def keys_list(
     config: ConfigOpt = None,
 ) -> None:
     """List keys (never the keys themselves: id, prefix, account, state)."""
+    from daguerre.store.accounts import AccountNotFound
+
     settings = _settings(config, data_dir=data_dir)
     store = _open_store(settings)
-    account_id = store.accounts.get(account).id if account else None
+    try:
+        account_id = store.accounts.get(account).id if account else None
+        keys = store.accounts.list_keys(account_id)
+    except AccountNotFound:
+        _fail(STATE, f"no account {account!r}")
+    finally:
+        store.close()
     now = datetime.now(UTC)
     typer.echo(f"{'ID':36}  {'PREFIX':16}  {'ACCOUNT':16}  {'STATE':8}  {'CREATED':16}  NAME")
-    for key in store.accounts.list_keys(account_id):
+    for key in keys:
         state = (
             "revoked"
             if key.revoked_at
@@ -239,7 +507,6 @@ def keys_list(
             f"{key.id:36}  {key.key_prefix + '…':16}  {key.account_name:16}  {state:8}  "
             f"{key.created_at:%Y-%m-%d %H:%M}  {key.name or ''}"
         )
-    store.close()
 
 
 @keys_app.command("revoke")
@@ -251,15 +518,16 @@ def keys_revoke(
     """Revoke a key; requests with it get 401 `API key has been revoked` from then on."""
     settings = _settings(config, data_dir=data_dir)
     store = _open_store(settings)
-    revoked = store.accounts.revoke_key(key)
-    store.close()
+    try:
+        revoked = store.accounts.revoke_key(key)
+    finally:
+        store.close()
     if not revoked:
-        typer.echo(f"no single key matches {key!r}", err=True)
-        raise typer.Exit(1)
+        _fail(STATE, f"no single key matches {key!r}")
     typer.echo(f"revoked {key}")
 
 
-# accounts --------------------------------------------------------------------------------------
+# accounts: these need an existing database -----------------------------------------------------
 
 AccountArg = Annotated[str, typer.Argument(help="Account name or id.")]
 
@@ -274,8 +542,7 @@ def _account_action(
     try:
         action(store, store.accounts.get(name).id)
     except AccountNotFound:
-        typer.echo(f"no account {name!r}", err=True)
-        raise typer.Exit(1) from None
+        _fail(STATE, f"no account {name!r}")
     finally:
         store.close()
 
@@ -283,17 +550,26 @@ def _account_action(
 @accounts_app.command("create")
 def accounts_create(
     name: Annotated[str, typer.Argument(help="A unique name.")],
-    balance: Annotated[str | None, typer.Option(help="Make it metered with this balance in dollars.")] = None,
+    balance: Annotated[
+        str | None, typer.Option(help="Make it metered with this balance in dollars.", metavar="USD")
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Create an account: unmetered, or metered with --balance (then each generation is charged)."""
-    from daguerre.pricing import micro_dollars
+    """Create an account: unmetered, or metered with --balance (then each generation is charged).
+    It is held to the deployment's default limits (`default_rpm`, `default_concurrency`)."""
+    from daguerre.store.accounts import AccountExists
 
+    name = _account_name("NAME", name)
+    micro = _micro_dollars("--balance", balance) if balance is not None else None
     settings = _settings(config, data_dir=data_dir)
     store = _open_store(settings)
-    account = store.accounts.create(name, balance=micro_dollars(balance) if balance is not None else None)
-    store.close()
+    try:
+        account = store.accounts.create(name, balance=micro)
+    except AccountExists:
+        _fail(STATE, f"account {name!r} already exists")
+    finally:
+        store.close()
     typer.echo(f"created account '{account.name}' ({account.id})")
 
 
@@ -304,72 +580,84 @@ def accounts_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None
 
     settings = _settings(config, data_dir=data_dir)
     store = _open_store(settings)
+    try:
+        rows = [(account, store.accounts.spent_this_month(account.id)) for account in store.accounts.all()]
+    finally:
+        store.close()
     columns = ("NAME", "STATUS", "BALANCE", "HELD", "SPENT/MONTH", "CAP", "RPM", "JOBS")
-    widths = (16, 11, 12, 10, 12, 10, 5, 5)
+    widths = (16, 11, 12, 10, 12, 10, 9, 9)
     typer.echo(
         "  ".join(
             f"{c:{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(columns, widths, strict=True))
         )
     )
-    for account in store.accounts.all():
+    for account, spent in rows:
         balance = dollars(account.balance) if account.metered else "unmetered"
         cap = dollars(account.spend_cap) if account.spend_cap is not None else "-"
-        rpm = account.rpm_limit or settings.default_rpm
-        jobs = account.concurrency_limit or settings.default_concurrency
+        rpm = _limit_text(account.rpm_limit, settings.default_rpm)
+        jobs = _limit_text(account.concurrency_limit, settings.default_concurrency)
         typer.echo(
             f"{account.name:16}  {account.status.value:11}  {balance:>12}  {dollars(account.reserved):>10}  "
-            f"{dollars(store.accounts.spent_this_month(account.id)):>12}  {cap:>10}  {rpm:>5}  {jobs:>5}"
+            f"{dollars(spent):>12}  {cap:>10}  {rpm:>9}  {jobs:>9}"
         )
-    store.close()
 
 
 @accounts_app.command("set-balance")
 def accounts_set_balance(
     name: AccountArg,
-    amount: Annotated[str | None, typer.Argument(help="Dollars, e.g. 25 or 12.50.")] = None,
+    amount: Annotated[str | None, typer.Argument(help="Dollars, e.g. 25 or 12.50.", metavar="USD")] = None,
     unmetered: Annotated[bool, typer.Option("--unmetered", help="Stop charging this account.")] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Set the balance (the account becomes metered), or make it unmetered."""
-    from daguerre.pricing import micro_dollars
-
     if (amount is None) == (not unmetered):
-        typer.echo("give an amount or --unmetered", err=True)
-        raise typer.Exit(2)
-    value = None if unmetered else micro_dollars(amount or 0)
+        _fail(USAGE, "give an amount or --unmetered (not both)")
+    from daguerre.pricing import dollars
+
+    value = None if amount is None else _micro_dollars("USD", amount)
     _account_action(
         config, data_dir, name, lambda store, account_id: store.accounts.set_balance(account_id, value)
     )
-    typer.echo(f"{name}: " + ("unmetered" if value is None else f"balance set to ${amount}"))
+    typer.echo(f"{name}: " + ("unmetered" if value is None else f"balance set to {dollars(value)}"))
 
 
 @accounts_app.command("set-limits")
 def accounts_set_limits(
     name: AccountArg,
-    rpm: Annotated[int | None, typer.Option(help="Creates per minute (0: the default).")] = None,
+    rpm: Annotated[
+        str | None,
+        typer.Option(
+            help="Creates per minute: a number, 'default' (the deployment's) or 'unlimited'.",
+            metavar="N|default|unlimited",
+        ),
+    ] = None,
     concurrency: Annotated[
-        int | None, typer.Option(help="Generations not yet finished (0: the default).")
+        str | None,
+        typer.Option(
+            help="Generations not yet finished: a number, 'default' (the deployment's) or 'unlimited'.",
+            metavar="N|default|unlimited",
+        ),
     ] = None,
     spend_cap: Annotated[
-        str | None, typer.Option(help="Dollars per calendar month ('none': no cap).")
+        str | None,
+        typer.Option(help="Dollars per calendar month, or 'none' for no cap.", metavar="USD|none"),
     ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Per-account limits; generations waiting when a lowered cap is reached end as budget_exhausted."""
-    from daguerre.pricing import micro_dollars
-
     limits: dict[str, int | None] = {}
     if rpm is not None:
-        limits["rpm_limit"] = rpm or None
+        limits["rpm_limit"] = _limit("--rpm", rpm)
     if concurrency is not None:
-        limits["concurrency_limit"] = concurrency or None
+        limits["concurrency_limit"] = _limit("--concurrency", concurrency)
     if spend_cap is not None:
-        limits["spend_cap"] = None if spend_cap.lower() == "none" else micro_dollars(spend_cap)
+        limits["spend_cap"] = (
+            None if spend_cap.strip().lower() == "none" else _micro_dollars("--spend-cap", spend_cap)
+        )
     if not limits:
-        typer.echo("nothing to set: give --rpm, --concurrency or --spend-cap", err=True)
-        raise typer.Exit(2)
+        _fail(USAGE, "nothing to set: give --rpm, --concurrency or --spend-cap")
     _account_action(
         config, data_dir, name, lambda store, account_id: store.accounts.set_limits(account_id, **limits)
     )

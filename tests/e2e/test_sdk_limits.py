@@ -14,6 +14,18 @@ from support.helpers import scripted_models, start_server, write_models_file
 BODY = {"prompt": "a red circle", "aspect_ratio": "1:1"}
 
 
+def default_limits(live):
+    """The first-start account (the owner's) has no limits; these tests want the defaults on it."""
+    from typer.testing import CliRunner
+
+    from daguerre.cli import app
+
+    command = ["accounts", "set-limits", "local", "--rpm", "default", "--concurrency", "default"]
+    result = CliRunner().invoke(app, [*command, "--data-dir", str(live.data_dir)])
+    assert result.exit_code == 0, result.output
+    return live
+
+
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
     root = tmp_path_factory.mktemp("limited")
@@ -24,7 +36,7 @@ def limited(tmp_path_factory):
         DAGUERRE_DEFAULT_RPM="2",
         DAGUERRE_RATE_LIMIT_WINDOW_S="2",
     )
-    yield live
+    yield default_limits(live)
     assert live.stop() in (0, -signal.SIGTERM), live.log()
 
 
@@ -86,7 +98,9 @@ def test_the_remote_engine_bursts_to_an_upstream_and_maps_its_failures(tmp_path)
             },
         },
     )
-    upstream = start_server(tmp_path / "upstream", upstream_models, workers=1, DAGUERRE_DEFAULT_RPM="2")
+    upstream = default_limits(
+        start_server(tmp_path / "upstream", upstream_models, workers=1, DAGUERRE_DEFAULT_RPM="2")
+    )
     remote = {
         "engine": "remote",
         "base_url": upstream.api_url,

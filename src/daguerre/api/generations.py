@@ -18,6 +18,7 @@ from daguerre.api.ingest import ingest_inputs
 from daguerre.blobs import BlobStore
 from daguerre.errors import ApiError
 from daguerre.sizing import pick_aspect_ratio
+from daguerre.store.accounts import applied_limit
 from daguerre.store.generations import GenerationRecord, GenerationSummary, NewGeneration, Refusal
 from daguerre.store.ids import uuid7
 from daguerre.validation import parse_generation_create
@@ -113,15 +114,20 @@ async def create_generation(request: Request) -> GenerationResponse:
     svc = services(request)
     settings, store, blobs = svc.settings, svc.store, svc.blobs
     create = parse_generation_create(body)
-    decision = await svc.limiter.hit(caller.account_id, caller.rpm_limit or settings.default_rpm)
+    # Limits: the account's own, else the deployment's default; None: unlimited (no window is kept
+    # and the 201 carries no X-RateLimit-* headers; no count of the account's active jobs).
+    rpm = applied_limit(caller.rpm_limit, settings.default_rpm)
+    decision = None if rpm is None else await svc.limiter.hit(caller.account_id, rpm)
     if decision is not None and not decision.allowed:
         raise ApiError(429, Detail.RATE_LIMITED, decision.headers())
-    concurrency = caller.concurrency_limit or settings.default_concurrency
+    concurrency = applied_limit(caller.concurrency_limit, settings.default_concurrency)
     inputs = (1 if create.source is not None else 0) + len(create.image_ref or [])
     price = pricing.price(settings, create.model, inputs)
     if inputs:  # the transaction below decides; this early look only spares storing the inputs
-        if await read(store, store.generations.count_active, caller.account_id, concurrency) >= concurrency:
-            raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
+        if concurrency is not None:
+            active = await read(store, store.generations.count_active, caller.account_id, concurrency)
+            if active >= concurrency:
+                raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
         if caller.metered and (await read(store, store.accounts.get, caller.account_id)).available < price:
             raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
     generation_id = uuid7()

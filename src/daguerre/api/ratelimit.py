@@ -15,7 +15,9 @@ thousand active accounts that sweep cost more than the rest of a create (measure
 ~280 us create in-process; bench/api_bench.py). A per-account deque trimmed on each hit does the
 same job in about 2 us.
 
-The concurrency limit (generations not yet terminal) is counted in the database, not here.
+The concurrency limit (generations not yet terminal) is counted in the database, not here. An
+account without a per-minute limit (`UNLIMITED` in daguerre.store.accounts, the owner's account by
+default) never reaches this module: the create path keeps no window for it and sends no headers.
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ class RequestRateLimiter:
             await self._pool.aclose()
 
     async def hit(self, account_id: str, per_window: int) -> Decision | None:
-        """Count one request; None when the store is unreachable (fail open, no headers)."""
+        """Count one request against `per_window` (at least 1); None when the store is unreachable
+        (fail open, no headers)."""
         if self._memory is not None:
             return self._memory.hit(account_id, per_window)
         assert self._strategy is not None

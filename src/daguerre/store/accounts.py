@@ -19,6 +19,12 @@ from daguerre.wire import KEY_PREFIX
 
 KEY_RANDOM_BYTES = 32
 
+UNLIMITED = 0
+"""An account's `rpm_limit` or `concurrency_limit` when it has no such limit at all. NULL (None)
+stands for the deployment's default (`default_rpm`, `default_concurrency`); a positive number is the
+account's own limit. The first account of a self-hosted server (the owner's) is created with
+UNLIMITED for both."""
+
 
 class AccountStatus(StrEnum):
     ACTIVE = "active"
@@ -40,7 +46,9 @@ class Account:
     spend_cap: int | None = None
     """Most the account may spend per calendar month (UTC), in micro-dollars; None: no cap."""
     rpm_limit: int | None = None
+    """Creates per minute: None for the deployment's default, UNLIMITED (0) for none, or N."""
     concurrency_limit: int | None = None
+    """Generations not yet terminal: None for the deployment's default, UNLIMITED (0), or N."""
 
     @property
     def available(self) -> int:
@@ -80,6 +88,31 @@ class AccountNotFound(LookupError):
     pass
 
 
+class AccountExists(ValueError):
+    pass
+
+
+def applied_limit(own: int | None, default: int) -> int | None:
+    """The limit an account is held to: its own, else the deployment's default; None when the
+    account is unlimited. On the create path: no database access, a comparison or two."""
+    if own is None:
+        return default
+    return None if own == UNLIMITED else own
+
+
+def _check_limits(limits: dict[str, int | None]) -> None:
+    for name, value in limits.items():
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be at least 0, got {value}")
+
+
+def _stored_limit(value: int | None) -> int | None:
+    """A limit as read: a negative one, which only older versions could write (they let
+    `set-limits --rpm -5` through), counts as the deployment's default rather than breaking every
+    create of the account."""
+    return None if value is None or value < 0 else int(value)
+
+
 def hash_key(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -105,8 +138,18 @@ class AccountStore:
 
     # Accounts --------------------------------------------------------------------------------
 
-    def create(self, name: str, balance: int | None = None) -> Account:
-        """A new active account: metered with `balance` micro-dollars, or unmetered when None."""
+    def create(
+        self,
+        name: str,
+        balance: int | None = None,
+        *,
+        rpm_limit: int | None = None,
+        concurrency_limit: int | None = None,
+    ) -> Account:
+        """A new active account: metered with `balance` micro-dollars, or unmetered when None; held
+        to the deployment's default limits unless given its own (UNLIMITED: none).
+        AccountExists when the name is taken."""
+        _check_limits({"balance": balance, "rpm_limit": rpm_limit, "concurrency_limit": concurrency_limit})
         account = Account(
             id=str(uuid.uuid4()),
             name=name,
@@ -114,18 +157,25 @@ class AccountStore:
             created_at=utcnow(),
             metered=balance is not None,
             balance=balance or 0,
+            rpm_limit=rpm_limit,
+            concurrency_limit=concurrency_limit,
         )
-        with self._db.write() as conn:
-            conn.execute(
-                accounts.insert().values(
-                    id=account.id,
-                    name=account.name,
-                    status=account.status,
-                    created_at=account.created_at,
-                    metered=account.metered,
-                    balance=account.balance,
+        try:
+            with self._db.write() as conn:
+                conn.execute(
+                    accounts.insert().values(
+                        id=account.id,
+                        name=account.name,
+                        status=account.status,
+                        created_at=account.created_at,
+                        metered=account.metered,
+                        balance=account.balance,
+                        rpm_limit=account.rpm_limit,
+                        concurrency_limit=account.concurrency_limit,
+                    )
                 )
-            )
+        except sa.exc.IntegrityError as exc:  # the unique name (ids are random UUIDs)
+            raise AccountExists(name) from exc
         return account
 
     def get(self, id_or_name: str) -> Account:
@@ -152,16 +202,19 @@ class AccountStore:
     def set_balance(self, account_id: str, balance: int | None) -> None:
         """Make the account metered with this balance (micro-dollars), or unmetered with None.
         Money held for running generations stays held."""
+        _check_limits({"balance": balance})
         if balance is None:
             self._update(account_id, metered=False)
         else:
             self._update(account_id, metered=True, balance=balance)
 
     def set_limits(self, account_id: str, **limits: int | None) -> None:
-        """Set rpm_limit, concurrency_limit and spend_cap (None: back to the default / no cap)."""
+        """Set rpm_limit and concurrency_limit (None: the deployment's default, UNLIMITED: none)
+        and spend_cap (None: no cap). ValueError for a negative value."""
         unknown = set(limits) - {"rpm_limit", "concurrency_limit", "spend_cap"}
         if unknown:
             raise TypeError(f"unknown limits: {', '.join(sorted(unknown))}")
+        _check_limits(limits)
         self._update(account_id, **limits)
 
     def _update(self, account_id: str, **values: object) -> None:
@@ -284,8 +337,8 @@ class AccountStore:
             expires_at=row["expires_at"],
             revoked_at=row["revoked_at"],
             metered=bool(row["metered"]),
-            rpm_limit=row["rpm_limit"],
-            concurrency_limit=row["concurrency_limit"],
+            rpm_limit=_stored_limit(row["rpm_limit"]),
+            concurrency_limit=_stored_limit(row["concurrency_limit"]),
         )
 
 
@@ -328,6 +381,6 @@ def _account(row: sa.Row[tuple[object, ...]]) -> Account:
         balance=int(row.balance),
         reserved=int(row.reserved),
         spend_cap=row.spend_cap,
-        rpm_limit=row.rpm_limit,
-        concurrency_limit=row.concurrency_limit,
+        rpm_limit=_stored_limit(row.rpm_limit),
+        concurrency_limit=_stored_limit(row.concurrency_limit),
     )
