@@ -265,16 +265,23 @@ class GenerationCreate(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Response models.
+# Response models. Every field is always sent (null when empty), so their schemas list every field
+# as required, nullable ones included.
+
+_ALWAYS_SENT = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
 class Output(BaseModel):
+    model_config = _ALWAYS_SENT
+
     type: Literal["image"] = "image"
     url: str
 
 
 class Generation(BaseModel):
     """The Generation object (Luma)."""
+
+    model_config = _ALWAYS_SENT
 
     id: str
     type: GenerationType
@@ -308,6 +315,8 @@ class FileCreate(BaseModel):
 class File(BaseModel):
     """A file in the caller's namespace (Luma)."""
 
+    model_config = _ALWAYS_SENT
+
     id: str
     created_at: str
     mime_type: str
@@ -322,6 +331,8 @@ class File(BaseModel):
 
 
 class PresignedUpload(BaseModel):
+    model_config = _ALWAYS_SENT
+
     expires_at: str
     method: Literal["PUT"] = "PUT"
     url: str
@@ -329,6 +340,8 @@ class PresignedUpload(BaseModel):
 
 
 class CreateFileResponse(BaseModel):
+    model_config = _ALWAYS_SENT
+
     id: str
     state: FileState
     file: File
@@ -336,6 +349,8 @@ class CreateFileResponse(BaseModel):
 
 
 class FileList(BaseModel):
+    model_config = _ALWAYS_SENT
+
     data: list[File]
     has_more: bool
     next_cursor: str | None = None
@@ -345,6 +360,8 @@ USAGE_GROUPS: tuple[str, ...] = ("model", "user_id", "day")
 
 
 class UsageCounts(BaseModel):
+    model_config = _ALWAYS_SENT
+
     total: int = 0
     queued: int = 0
     processing: int = 0
@@ -353,6 +370,8 @@ class UsageCounts(BaseModel):
 
 
 class UsageGroup(BaseModel):
+    model_config = _ALWAYS_SENT
+
     group: str | None = Field(
         description="The model, the user_id (null: none given) or the day (YYYY-MM-DD, UTC)"
     )
@@ -363,7 +382,7 @@ class UsageGroup(BaseModel):
 class UsageReport(BaseModel):
     """GET /v1/usage (daguerre's design): the caller's generations created in [from, to)."""
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, json_schema_serialization_defaults_required=True)
 
     from_: str = Field(alias="from")
     to: str

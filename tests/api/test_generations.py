@@ -151,7 +151,9 @@ def test_openapi_schema_documents_the_api(client):
     assert get["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Generation"
     }
-    assert set(get["responses"]) == {"200", "401", "404"}
+    # Luma documents 200, 401 and 404 (api.md §8.3); a suspended or deactivated account's key is
+    # refused 403 here as on every route (§2), so daguerre's document lists it too.
+    assert set(get["responses"]) == {"200", "401", "403", "404"}
 
 
 def test_a_request_route_takes_only_the_request():

@@ -12,20 +12,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from daguerre import __version__
 from daguerre.api import blobs as blob_routes
-from daguerre.api import files, generations, usage
+from daguerre.api import files, generations, openapi, usage
 from daguerre.api.deps import Services
 from daguerre.api.files import maintain_files
 from daguerre.api.middleware import BodySizeLimitMiddleware, HeadersMiddleware, InternalErrorMiddleware
@@ -139,7 +141,29 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else Detail.NOT_FOUND
-    return _error(exc.status_code, detail, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return _error(exc.status_code, detail, headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the request's path is served with, for a 405's `Allow`.
+
+    The router answers 405 from the first route whose path matched, and that route's `Allow`
+    names only its own methods: GET /v1/files/{id} would hide DELETE. So every route is asked."""
+    methods: set[str] = set()
+    for route in _route_table(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
+def _route_table(routes: Sequence[BaseRoute]) -> Iterable[Any]:
+    """The routes one by one (recent FastAPI keeps each included router as one entry)."""
+    expand = getattr(fastapi.routing, "iter_route_contexts", None)
+    return expand(routes) if expand is not None else routes
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -154,11 +178,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (GenerationCreate, FileCreate):
-            request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(request_schema.pop("$defs", {}))
-            components[model.__name__] = request_schema
+        request_models = {
+            model.__name__: model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for model in (GenerationCreate, FileCreate)
+        }
+        schema = openapi.finish(schema, request_models)
         schema["components"]["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer", "description": "luma-api-... key"}
         }

@@ -25,6 +25,7 @@ from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from daguerre.api.deps import CallerDep, Services, base_url, json_body, services
+from daguerre.api.openapi import AUTH_ERRORS, errors
 from daguerre.blobs import BlobNotFound
 from daguerre.errors import ApiError, JobFailure
 from daguerre.media import load_input, sniff_media_type
@@ -35,11 +36,11 @@ from daguerre.validation import parse_file_create
 from daguerre.wire import (
     FILE_LIST_DEFAULT,
     FILE_LIST_MAX,
+    FILE_PURPOSES,
     MAX_INPUT_IMAGE_BYTES,
     OUTPUT_URL_TTL_S,
     CreateFileResponse,
     Detail,
-    ErrorBody,
     File,
     FileCreate,
     FileList,
@@ -52,7 +53,12 @@ from daguerre.wire import (
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/files", tags=["files"])
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "File not found"}}
+_NOT_FOUND = {404: "File not found"}
+# Documented only: the route checks the bounds itself, with its own detail string.
+_LIMIT = Query(
+    description=f"Page size; default {FILE_LIST_DEFAULT}",
+    json_schema_extra={"minimum": 1, "maximum": FILE_LIST_MAX},
+)
 
 
 def to_wire(record: FileRecord) -> File:
@@ -93,6 +99,7 @@ def _own_file(request: Request, caller_account: str, file_id: str) -> FileRecord
     "",
     status_code=201,
     response_model=CreateFileResponse,
+    responses=errors(400, *AUTH_ERRORS, 413, descriptions={413: "Request body or inline file too large"}),
     summary="Create a file",
     openapi_extra={
         "requestBody": {
@@ -178,7 +185,12 @@ def _store_inline(svc: Services, account_id: str, create: FileCreate, data: byte
     return record
 
 
-@router.post("/{file_id}/complete", response_model=File, responses=_NOT_FOUND, summary="Complete an upload")
+@router.post(
+    "/{file_id}/complete",
+    response_model=File,
+    responses=errors(400, *AUTH_ERRORS, 404, descriptions={**_NOT_FOUND, 400: Detail.FILE_NOT_UPLOADED}),
+    summary="Complete an upload",
+)
 def complete_file(
     file_id: str, request: Request, caller: CallerDep, background: BackgroundTasks
 ) -> JSONModelResponse:
@@ -194,14 +206,14 @@ def complete_file(
     return JSONModelResponse(to_wire(record))
 
 
-@router.get("", response_model=FileList, summary="List files")
+@router.get("", response_model=FileList, responses=errors(400, *AUTH_ERRORS), summary="List files")
 def list_files(
     request: Request,
     caller: CallerDep,
-    limit: Annotated[int | None, Query()] = None,
-    cursor: Annotated[str | None, Query()] = None,
-    purpose: Annotated[str | None, Query()] = None,
-    state: Annotated[str | None, Query()] = None,
+    limit: Annotated[int | None, _LIMIT] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    purpose: Annotated[str | None, Query(json_schema_extra={"enum": list(FILE_PURPOSES)})] = None,
+    state: Annotated[str | None, Query(json_schema_extra={"enum": [s.value for s in FileState]})] = None,
 ) -> JSONModelResponse:
     """Newest first. Without a `state` filter, deleted files are left out."""
     size = FILE_LIST_DEFAULT if limit is None else limit
@@ -236,12 +248,22 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     return moment, file_id
 
 
-@router.get("/{file_id}", response_model=File, responses=_NOT_FOUND, summary="Get a file")
+@router.get(
+    "/{file_id}",
+    response_model=File,
+    responses=errors(*AUTH_ERRORS, 404, descriptions=_NOT_FOUND),
+    summary="Get a file",
+)
 def get_file(file_id: str, request: Request, caller: CallerDep) -> JSONModelResponse:
     return JSONModelResponse(to_wire(_own_file(request, caller.account_id, file_id)))
 
 
-@router.delete("/{file_id}", status_code=204, responses=_NOT_FOUND, summary="Delete a file")
+@router.delete(
+    "/{file_id}",
+    status_code=204,
+    responses=errors(*AUTH_ERRORS, 404, descriptions=_NOT_FOUND),
+    summary="Delete a file",
+)
 def delete_file(file_id: str, request: Request, caller: CallerDep) -> Response:
     """Soft delete: the file can no longer be referenced and its bytes are removed."""
     svc = services(request)

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from daguerre import pricing
 from daguerre.api.deps import RequestRoute, authenticate, base_url, json_body, read, services
 from daguerre.api.ingest import ingest_inputs
+from daguerre.api.openapi import RATE_LIMIT_HEADERS, RETRY_AFTER_HEADER
 from daguerre.blobs import BlobStore
 from daguerre.errors import ApiError
 from daguerre.sizing import pick_aspect_ratio
@@ -49,6 +50,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         503: "URL ingestion unavailable",
     }.items()
 }
+_ERRORS[429]["headers"] = {**RETRY_AFTER_HEADER, **RATE_LIMIT_HEADERS}
 
 
 def to_wire(record: GenerationRecord | GenerationSummary, blobs: BlobStore, request: Request) -> Generation:
@@ -88,7 +90,7 @@ class GenerationResponse(Response):
     "",
     status_code=201,
     response_model=Generation,
-    responses=_ERRORS,
+    responses={201: {"headers": RATE_LIMIT_HEADERS}, **_ERRORS},
     summary="Create a generation",
     openapi_extra={
         "requestBody": {
@@ -168,7 +170,11 @@ def _drop_inputs(blobs: BlobStore, generation_id: str, keys: tuple[str, ...]) ->
 @router.get(
     "/{generation_id}",
     response_model=Generation,
-    responses={401: _ERRORS[401], 404: {"model": ErrorBody, "description": "Generation not found"}},
+    responses={
+        401: _ERRORS[401],
+        403: _ERRORS[403],
+        404: {"model": ErrorBody, "description": "Generation not found"},
+    },
     summary="Get a generation",
     openapi_extra={
         "parameters": [

@@ -8,12 +8,13 @@ Not counted in the requests-per-minute limit.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
 from daguerre.api.deps import CallerDep, read, services
 from daguerre.api.files import JSONModelResponse
+from daguerre.api.openapi import AUTH_ERRORS, errors
 from daguerre.errors import ApiError
 from daguerre.store.accounts import month_start
 from daguerre.validation import parse_timestamp
@@ -22,17 +23,44 @@ from daguerre.wire import USAGE_GROUPS, UsageCounts, UsageGroup, UsageReport, fo
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 MAX_RANGE = timedelta(days=366)
 _DATE_OR_DATETIME = "an ISO-8601 date or datetime"
+# Replaces the parameter's `anyOf` (string or null): documented only, the route parses the text
+# itself. An empty value (`?from=&to=`, as api.md §17 writes it) means the default.
+_DATE_OR_DATETIME_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "format": "date"},
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "maxLength": 0},
+    ]
+}
 
 
-@router.get("", response_model=UsageReport, summary="Usage of the caller's account")
+@router.get(
+    "",
+    response_model=UsageReport,
+    responses=errors(400, *AUTH_ERRORS),
+    summary="Usage of the caller's account",
+)
 async def usage(
     request: Request,
     caller: CallerDep,
     start: Annotated[
-        str | None, Query(alias="from", description="Inclusive; default: start of this month (UTC)")
+        str | None,
+        Query(
+            alias="from",
+            description="Inclusive; a date (its start, UTC) or a datetime; default (also when empty): "
+            "the start of this month (UTC)",
+            json_schema_extra=_DATE_OR_DATETIME_SCHEMA,
+        ),
     ] = None,
-    end: Annotated[str | None, Query(alias="to", description="Exclusive; default: now")] = None,
-    group_by: Annotated[str, Query(description="model, user_id or day")] = "model",
+    end: Annotated[
+        str | None,
+        Query(
+            alias="to",
+            description="Exclusive; a date (its start, UTC) or a datetime; default (also when empty): now",
+            json_schema_extra=_DATE_OR_DATETIME_SCHEMA,
+        ),
+    ] = None,
+    group_by: Annotated[str, Query(json_schema_extra={"enum": list(USAGE_GROUPS)})] = "model",
 ) -> JSONModelResponse:
     """Generations created in [from, to), counted by state, and the money captured for them."""
     if group_by not in USAGE_GROUPS:
