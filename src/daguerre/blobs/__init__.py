@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from daguerre.blobs.base import BlobNotFound, BlobStore
+from daguerre.blobs.base import BlobInfo, BlobNotFound, BlobStore
 from daguerre.blobs.local import LocalBlobStore
 from daguerre.blobs.sigv4 import Credentials
 from daguerre.settings import Settings, write_private_file
@@ -33,4 +33,4 @@ def _load_or_create_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-__all__ = ["BlobNotFound", "BlobStore", "LocalBlobStore", "open_blob_store"]
+__all__ = ["BlobInfo", "BlobNotFound", "BlobStore", "LocalBlobStore", "open_blob_store"]

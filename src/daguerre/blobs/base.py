@@ -7,11 +7,23 @@ mint S3 SigV4 query-string URLs, so clients see one URL shape and one expiry rul
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterator
+from datetime import datetime
+from typing import NamedTuple, Protocol
 
 
 class BlobNotFound(LookupError):
     """No blob under that key."""
+
+
+class BlobInfo(NamedTuple):
+    """One listed blob: what S3's ListObjectsV2 says of each object (Key, Size, LastModified)."""
+
+    key: str
+    size: int
+    """Bytes."""
+    modified_at: datetime
+    """When the blob was last written, timezone-aware UTC."""
 
 
 class BlobStore(Protocol):
@@ -27,6 +39,13 @@ class BlobStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the blob; removing a missing blob is not an error."""
+        ...
+
+    def list_blobs(self, prefix: str) -> Iterator[BlobInfo]:
+        """Every blob whose key starts with `prefix` (plain text, as S3's `Prefix`), in no promised
+        order. Lazy: a caller may delete what it has been given while it goes on listing, and a
+        blob written or deleted meanwhile may or may not be listed. The keys are the store's own
+        and may be passed back to `get` and `delete`."""
         ...
 
     def presign_get(self, key: str, ttl_s: int, base_url: str | None = None) -> str:

@@ -9,14 +9,18 @@ from __future__ import annotations
 import mimetypes
 import os
 import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
-from daguerre.blobs.base import BlobNotFound
+from daguerre.blobs.base import BlobInfo, BlobNotFound
 from daguerre.blobs.sigv4 import Credentials, presign
 
 BUCKET = "daguerre"
 ROUTE_PREFIX = "/blobs"
 """Local blobs are served under `<base_url>/blobs/<bucket>/<key>`."""
+TEMP_PREFIX = ".tmp-"
+"""A file being written is named so until it is complete and renamed to its key."""
 
 
 class UnsafeKey(ValueError):
@@ -44,8 +48,14 @@ class LocalBlobStore:
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        for attempt in range(3):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
+                break
+            except FileNotFoundError:  # a delete removed the directory it had emptied meanwhile
+                if attempt == 2:
+                    raise
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -67,7 +77,30 @@ class LocalBlobStore:
             return False
 
     def delete(self, key: str) -> None:
-        self.path_for(key).unlink(missing_ok=True)
+        """Remove the file, and the directories above it that this leaves empty (without that,
+        every generation would leave two empty directories behind for ever)."""
+        path = self.path_for(key)
+        path.unlink(missing_ok=True)
+        for parent in path.parents:
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or already gone): the directories above are not empty either
+                break
+
+    def list_blobs(self, prefix: str) -> Iterator[BlobInfo]:
+        """Files under the root whose key starts with `prefix`, found by walking the directory that
+        holds them (symbolic links are not followed; files of unfinished writes are left out)."""
+        directory, _, first = prefix.rpartition("/")
+        if directory:
+            try:
+                top = self.path_for(directory)
+            except UnsafeKey:
+                return
+        else:
+            top = self.root
+        yield from _walk(top, directory + "/" if directory else "", first)
 
     def _endpoint(self, base_url: str | None) -> str:
         base = self._public_url or (base_url or "http://127.0.0.1:8000").rstrip("/")
@@ -97,3 +130,26 @@ class LocalBlobStore:
     @staticmethod
     def content_type(key: str) -> str:
         return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+def _walk(directory: Path, key_prefix: str, name_prefix: str) -> Iterator[BlobInfo]:
+    """The files below `directory` as blobs, keys built from `key_prefix` and the names on the way
+    down; at this level only names starting with `name_prefix`. Reads each directory lazily, so a
+    directory of millions of generations is never held in memory."""
+    try:
+        entries = os.scandir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    with entries:
+        for entry in entries:
+            if not entry.name.startswith(name_prefix) or entry.name.startswith(TEMP_PREFIX):
+                continue
+            key = key_prefix + entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    yield from _walk(Path(entry.path), key + "/", "")
+                elif entry.is_file(follow_symlinks=False):
+                    stat = entry.stat(follow_symlinks=False)
+                    yield BlobInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+            except FileNotFoundError:  # deleted while we were listing
+                continue
