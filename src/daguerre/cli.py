@@ -691,6 +691,34 @@ def accounts_reactivate(name: AccountArg, data_dir: DataDirOpt = None, config: C
     typer.echo(f"{name}: active")
 
 
+# gc ----------------------------------------------------------------------------------------------
+
+
+@app.command("gc")
+def gc_command(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be deleted, and delete nothing.")
+    ] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Apply the retention policy (retention_days) and delete orphaned blobs, once; print what was
+    deleted. Processes running workers do the same every gc_interval_s."""
+    settings = _settings(config, data_dir=data_dir)
+    from daguerre.blobs import open_blob_store
+    from daguerre.worker.sweep import Sweeper
+
+    store = _open_store(settings)
+    try:
+        report = Sweeper(settings, store, open_blob_store(settings)).sweep(dry_run=dry_run)
+    finally:
+        store.close()
+    assert report is not None  # a new Sweeper is never busy
+    if dry_run:
+        typer.echo("dry run: nothing was deleted")
+    typer.echo(report.describe())
+
+
 def main() -> None:
     app()
 

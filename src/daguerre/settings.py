@@ -127,6 +127,14 @@ class Settings(BaseSettings):
     idle_poll_s: float = Field(default=0.005, gt=0)
     """How often an idle worker checks the database for changes made by other processes."""
     reap_interval_s: float = Field(default=5.0, gt=0)
+    retention_days: int = Field(default=30, ge=0)
+    """Generations finished longer ago than this lose their output and input images (the row is
+    kept, for usage and billing; a GET answers 404); 0 keeps everything for ever."""
+    gc_interval_s: float = Field(default=3600.0, ge=0)
+    """How often a process running workers applies the retention policy and deletes orphaned blobs
+    (one sweep per interval across all processes that share the blobs); 0: never (`daguerre gc`)."""
+    gc_grace_s: float = Field(default=3600.0, ge=60)
+    """Blobs younger than this are never deleted as orphans."""
     worker_id: str | None = None
     log_level: str = "info"
 

@@ -110,6 +110,7 @@ class Detail:
 
     # 404
     GENERATION_NOT_FOUND = "Generation not found"
+    GENERATION_PURGED = "Generation output was deleted after the retention period"
     FILE_NOT_FOUND = "File not found"
     NOT_FOUND = "Not Found"
 
@@ -210,6 +211,10 @@ class Detail:
     @staticmethod
     def ref_generation_not_completed(path: str) -> str:
         return f"{path}: generation is not completed"
+
+    @staticmethod
+    def ref_generation_purged(path: str) -> str:
+        return f"{path}: generation output was deleted after the retention period"
 
     @staticmethod
     def ref_file_not_found(path: str) -> str:

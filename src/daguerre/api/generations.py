@@ -55,9 +55,13 @@ _ERRORS[429]["headers"] = {**RETRY_AFTER_HEADER, **RATE_LIMIT_HEADERS}
 
 def to_wire(record: GenerationRecord | GenerationSummary, blobs: BlobStore, request: Request) -> Generation:
     """The Luma Generation for a stored record; output URLs are minted fresh on every call, for the
-    address the client reached this server at."""
+    address the client reached this server at. A completed generation whose outputs the retention
+    policy deleted (only a purge leaves a completed row without output keys, see worker.sweep) has
+    none: Luma clients rely on a completed Generation having an output URL, so it answers 404."""
     output = []
     if record.state == State.COMPLETED:
+        if not record.output_keys:
+            raise ApiError(404, Detail.GENERATION_PURGED)
         base = base_url(request)
         output = [{"url": blobs.presign_get(key, OUTPUT_URL_TTL_S, base)} for key in record.output_keys]
     # Validated from a dict (in pydantic's compiled core): measured faster than model_construct,
@@ -173,7 +177,10 @@ def _drop_inputs(blobs: BlobStore, generation_id: str, keys: tuple[str, ...]) ->
     responses={
         401: _ERRORS[401],
         403: _ERRORS[403],
-        404: {"model": ErrorBody, "description": "Generation not found"},
+        404: {
+            "model": ErrorBody,
+            "description": "Generation not found, or its output was deleted after the retention period",
+        },
     },
     summary="Get a generation",
     openapi_extra={

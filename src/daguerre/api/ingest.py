@@ -5,7 +5,8 @@ Each ImageRef becomes one blob key: the `source` of an edit is input 0, referenc
 * `data`: base64-decoded (413 over 50 MB, 422 when not base64); stored under `inputs/<id>/<n>`.
 * `url`: fetched server-side under the deployment's URL policy (see daguerre.fetch); all URLs of a
   request are fetched concurrently; stored under `inputs/<id>/<n>`.
-* `generation_id`: a completed generation of the same account; its output key is reused.
+* `generation_id`: a completed generation of the same account; its output key is reused (400 when
+  the retention policy has deleted that output).
 * `file_id`: a `ready` file of the same account; its key (`files/<id>`) is reused.
 
 The declared media type must be an image (422 `content-type is not an image`) of an accepted
@@ -97,6 +98,8 @@ async def _resolve(path: str, ref: ImageRef, account_id: str, services: Services
         record = await run_in_threadpool(store.generations.get, canonical, account_id) if canonical else None
         if record is None:
             raise ApiError(400, Detail.ref_generation_not_found(path))
+        if record.state == State.COMPLETED and record.purged_at is not None:
+            raise ApiError(400, Detail.ref_generation_purged(path))
         if record.state != State.COMPLETED or not record.output_keys:
             raise ApiError(400, Detail.ref_generation_not_completed(path))
         return record.output_keys[0]

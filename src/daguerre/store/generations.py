@@ -9,7 +9,7 @@ zero rows means someone else decided, and the worker drops its result.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -23,8 +23,8 @@ from sqlalchemy.engine import Connection
 from daguerre.store import money
 from daguerre.store.clock import utcnow
 from daguerre.store.db import Database
+from daguerre.store.schema import accounts, ledger
 from daguerre.store.schema import generations as g
-from daguerre.store.schema import ledger
 from daguerre.wire import FailureCode, GenerationCreate, GenerationType, State
 
 
@@ -52,6 +52,8 @@ class GenerationRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    purged_at: datetime | None = None
+    """When the retention policy deleted its blobs (then `output_keys` is empty); None: not yet."""
 
     @cached_property
     def request(self) -> GenerationCreate:
@@ -106,6 +108,25 @@ class Reaped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Expired:
+    """A generation past the retention period: terminal, finished before the cutoff, not purged."""
+
+    id: str
+    input_keys: tuple[str, ...]
+    output_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BlobOwner:
+    """What decides whether the blobs of a generation can still be needed (see worker.sweep)."""
+
+    state: State
+    lease_token: str | None
+    output_keys: tuple[str, ...]
+    purged: bool
+
+
 # Hot-path statements are built once: constructing and cache-keying a select costs more than
 # running it on SQLite.
 _INSERT = g.insert()
@@ -126,6 +147,7 @@ _GET_OWNED = _GET.where(g.c.account_id == sa.bindparam("account_id"))
 _SUMMARY_OWNED = sa.select(*(g.c[field.name] for field in fields(GenerationSummary))).where(
     g.c.id == sa.bindparam("generation_id"), g.c.account_id == sa.bindparam("account_id")
 )
+_TERMINAL = sa.or_(g.c.state == State.COMPLETED.value, g.c.state == State.FAILED.value)
 
 
 class GenerationStore:
@@ -409,6 +431,92 @@ class GenerationStore:
                 reaped.extend(Reaped(id=row.id, reason=reason) for row in rows)
         return reaped
 
+    # Retention and the blob sweep ------------------------------------------------------------
+
+    def expired(
+        self, finished_before: datetime, created_from: datetime | None = None, batch: int = 200
+    ) -> Iterator[list[Expired]]:
+        """Completed and failed generations finished before `finished_before` and not purged yet,
+        in batches, each read afresh (the caller may purge a batch before asking for the next).
+
+        Rows are kept for ever, so a pass must not read them all: they are sought account by account
+        and state by state through the account index (account_id, state, created_at), created
+        before `finished_before` (nothing finishes before it is created) and, when given, at or
+        after `created_from`."""
+        with self._db.read() as conn:
+            account_ids = [row.id for row in conn.execute(sa.select(accounts.c.id).order_by(accounts.c.id))]
+        for account_id in account_ids:
+            for state in (State.COMPLETED, State.FAILED):
+                query = (
+                    sa.select(g.c.id, g.c.created_at, g.c.input_keys, g.c.output_keys)
+                    .where(
+                        g.c.account_id == account_id,
+                        g.c.state == state.value,
+                        g.c.created_at < finished_before,
+                        g.c.purged_at.is_(None),
+                        g.c.finished_at < finished_before,
+                    )
+                    .order_by(g.c.created_at, g.c.id)
+                    .limit(batch)
+                )
+                if created_from is not None:
+                    query = query.where(g.c.created_at >= created_from)
+                page = query
+                while True:
+                    with self._db.read() as conn:
+                        rows = conn.execute(page).all()
+                    if not rows:
+                        break
+                    yield [Expired(row.id, tuple(row.input_keys), tuple(row.output_keys)) for row in rows]
+                    last = rows[-1]
+                    page = query.where(
+                        sa.or_(
+                            g.c.created_at > last.created_at,
+                            sa.and_(g.c.created_at == last.created_at, g.c.id > last.id),
+                        )
+                    )
+
+    def mark_purged(self, generation_ids: Collection[str], now: datetime) -> set[str]:
+        """Record that the retention policy deletes these terminal generations' blobs: `purged_at`
+        is set and `output_keys` emptied (a completed generation without output keys is what the
+        API answers 404 for). Answers the ids this call marked; one that another process marked
+        first is left out, and its blobs are that process's to delete."""
+        if not generation_ids:
+            return set()
+        statement = (
+            g.update()
+            .where(g.c.id.in_(list(generation_ids)), g.c.purged_at.is_(None), _TERMINAL)
+            .values(output_keys=[], purged_at=now)
+            .returning(g.c.id)
+        )
+        with self._db.write() as conn:
+            return {row.id for row in conn.execute(statement)}
+
+    def active_input_keys(self) -> set[str]:
+        """The input keys of the generations not yet terminal: among them the outputs of other
+        generations that they reuse as inputs, which the retention policy must not delete yet."""
+        with self._db.read() as conn:
+            rows = conn.execute(sa.select(g.c.input_keys).where(_ACTIVE))
+            return {key for row in rows for key in row.input_keys}
+
+    def blob_owners(self, generation_ids: Collection[str]) -> dict[str, BlobOwner]:
+        """For each of these generations that exists, what its blobs' fate depends on."""
+        ids = sorted(set(generation_ids))
+        owners: dict[str, BlobOwner] = {}
+        with self._db.read() as conn:
+            for start in range(0, len(ids), 500):
+                query = sa.select(g.c.id, g.c.state, g.c.lease_token, g.c.output_keys, g.c.purged_at).where(
+                    g.c.id.in_(ids[start : start + 500])
+                )
+                for row in conn.execute(query):
+                    owners[row.id] = BlobOwner(
+                        state=State(row.state),
+                        lease_token=row.lease_token,
+                        output_keys=tuple(row.output_keys),
+                        purged=row.purged_at is not None,
+                    )
+        return owners
+
 
 def _failed(code: FailureCode, reason: str) -> dict[str, Any]:
     return {
@@ -457,4 +565,5 @@ def _record(row: Any) -> GenerationRecord:
         lease_expires_at=row.get("lease_expires_at"),
         started_at=row.get("started_at"),
         finished_at=row.get("finished_at"),
+        purged_at=row.get("purged_at"),
     )

@@ -6,6 +6,7 @@ queue table to keep in step. Timestamps are stored as naive UTC and returned tim
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -176,7 +177,34 @@ def input_key(generation_id: str, index: int) -> str:
     return f"inputs/{generation_id}/{index}"
 
 
+def input_prefix(generation_id: str) -> str:
+    """The prefix of every input key of a generation."""
+    return f"inputs/{generation_id}/"
+
+
+def output_prefix(generation_id: str) -> str:
+    """The prefix of every output key of a generation, of every attempt."""
+    return f"outputs/{generation_id}/"
+
+
 def output_key(generation_id: str, lease_token: str, index: int, extension: str) -> str:
     """Blob key of an output. The lease token in the key keeps a stale worker from overwriting the
     output of the worker that owns the job now."""
     return f"outputs/{generation_id}/{lease_token}/{index}.{extension}"
+
+
+_UUID_TEXT = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_OUTPUT_KEY = re.compile(f"outputs/({_UUID_TEXT})/({_UUID_TEXT})/[0-9]+\\.[a-z]+")
+_INPUT_KEY = re.compile(f"inputs/({_UUID_TEXT})/[0-9]+")
+
+
+def parse_output_key(key: str) -> tuple[str, str] | None:
+    """(generation id, lease token) of a key made by `output_key`; None for any other text."""
+    match = _OUTPUT_KEY.fullmatch(key)
+    return None if match is None else (match[1], match[2])
+
+
+def parse_input_key(key: str) -> str | None:
+    """The generation id of a key made by `input_key`; None for any other text."""
+    match = _INPUT_KEY.fullmatch(key)
+    return None if match is None else match[1]

@@ -7,7 +7,8 @@
 
 `daguerre serve` runs a pool beside the API; `daguerre worker` runs a pool of one in its own process.
 Each worker has its own ModelRegistry, so pipelines load once per worker and are never shared
-between threads.
+between threads. A pool with workers also runs the sweeper (retention and orphaned blobs, see
+worker.sweep) on a thread of its own, every `gc_interval_s`, so no worker's GPU waits for it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from daguerre.moderation import Moderator
 from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.worker.loop import Outcome, Worker
+from daguerre.worker.sweep import Sweeper, SweepReport
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class WorkerPool:
             )
             for index in range(count)
         ]
+        self.sweeper = Sweeper(settings, store, blobs)
         self._settings = settings
         self._store = store
         self._threads: list[threading.Thread] = []
@@ -57,6 +60,12 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
         log.info("started %d worker(s)", len(self.workers))
+        if self.workers and self._settings.gc_interval_s > 0:
+            sweeper = threading.Thread(
+                target=self.sweeper.run, args=(self.stop_event,), name="gc", daemon=True
+            )
+            sweeper.start()
+            self._threads.append(sweeper)
 
     def request_stop(self) -> None:
         """Stop claiming new jobs (running ones go on until the grace time is up)."""
@@ -83,4 +92,4 @@ class WorkerPool:
                 )
 
 
-__all__ = ["Outcome", "Worker", "WorkerPool"]
+__all__ = ["Outcome", "SweepReport", "Sweeper", "Worker", "WorkerPool"]
