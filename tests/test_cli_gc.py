@@ -62,7 +62,7 @@ def test_gc_dry_run_then_retention_off_then_for_real(tmp_path, monkeypatch):
         assert dry.stdout.splitlines() == [
             "dry run: nothing was deleted",
             f"retention: would purge 1 generation(s): 2 blob(s), {sizes} bytes ({sizes / 1e6:.1f} MB)",
-            "orphans: would delete 0 output(s) and 1 input(s), 6 bytes (0.0 MB)",
+            "orphans: would delete 0 output(s), 1 input(s) and 0 upload(s), 6 bytes (0.0 MB)",
         ]
         assert blob_keys(blobs) == sorted([*purged_blobs, orphan])
 
@@ -71,7 +71,7 @@ def test_gc_dry_run_then_retention_off_then_for_real(tmp_path, monkeypatch):
         kept = runner.invoke(app, ["gc", "--config", str(config), *data])
         assert kept.exit_code == 0, kept.output
         assert "retention: purged 0 generation(s)" in kept.stdout
-        assert "orphans: deleted 0 output(s) and 1 input(s), 6 bytes" in kept.stdout
+        assert "orphans: deleted 0 output(s), 1 input(s) and 0 upload(s), 6 bytes" in kept.stdout
         assert blob_keys(blobs) == purged_blobs
 
         done = runner.invoke(app, ["gc", *data])

@@ -55,6 +55,7 @@ def decode_base64(data: str, path: str) -> bytes:
     return raw
 
 
+ACCEPTED_FORMATS_TEXT = "still JPEG, PNG, WebP or GIF images"
 _ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (  # (bytes, offset, kind)
     (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
@@ -90,13 +91,22 @@ def sniff_media_type(data: bytes) -> str | None:
     return None
 
 
-def load_input(data: bytes, max_pixels: int) -> Image.Image:
+MAX_ASPECT_RATIO = 20.0
+"""Default for the most elongated input accepted (long side over short side): wide enough for
+panoramas, and it keeps a picture of 40 million pixels under 28,300 pixels on its long side."""
+
+
+def load_input(data: bytes, max_pixels: int, max_aspect_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
     """Decode an input image and normalise it to RGB, or raise the JobFailure the spec names.
 
-    * unsupported_format: a format other than JPEG, PNG, WebP or still GIF (animated GIF, TIFF,
-      BMP, SVG, HEIC, PDF, HTML...);
-    * image_too_large: more than `max_pixels` pixels, judged from the header before decoding;
+    * unsupported_format: a format other than JPEG, PNG, WebP or GIF (TIFF, BMP, SVG, HEIC, PDF,
+      HTML...), an animated image of any format (GIF, WebP, APNG: the engines take one picture),
+      or a shape more elongated than `max_aspect_ratio` (a 1x39,000,000 strip);
+    * image_too_large: more than `max_pixels` pixels;
     * corrupt_input: bytes that do not decode (truncated, garbage with an image media type).
+
+    Everything but the last is judged from the header, before the pixels are decoded, so the
+    memory a decode takes is bounded by `max_pixels` (at most 4 bytes a pixel, plus the RGB copy).
 
     Normalisation: EXIF orientation applied; CMYK, palette, grey, 16-bit and float images become
     8-bit RGB; transparency is composed onto white.
@@ -109,7 +119,7 @@ def load_input(data: bytes, max_pixels: int) -> Image.Image:
     kind = sniff_media_type(data)
     if kind is not None and kind not in ACCEPTED_MIME_TYPES:
         raise JobFailure(
-            FailureCode.UNSUPPORTED_FORMAT, f"Input image is {kind}; accepted: JPEG, PNG, WebP, still GIF"
+            FailureCode.UNSUPPORTED_FORMAT, f"Input image is {kind}; accepted: {ACCEPTED_FORMATS_TEXT}"
         )
     try:
         with warnings.catch_warnings():
@@ -122,7 +132,7 @@ def load_input(data: bytes, max_pixels: int) -> Image.Image:
     if image.format not in _ACCEPTED_FORMATS:
         raise JobFailure(
             FailureCode.UNSUPPORTED_FORMAT,
-            f"Input image is {image.format}; accepted: JPEG, PNG, WebP, still GIF",
+            f"Input image is {image.format}; accepted: {ACCEPTED_FORMATS_TEXT}",
         )
     width, height = image.size
     if width * height > max_pixels:
@@ -130,9 +140,17 @@ def load_input(data: bytes, max_pixels: int) -> Image.Image:
             FailureCode.IMAGE_TOO_LARGE,
             f"Input image is {width}x{height} ({width * height:,} pixels); the limit is {max_pixels:,}",
         )
-    if image.format == "GIF" and getattr(image, "is_animated", False):
+    if max(width, height) > max_aspect_ratio * max(1, min(width, height)):
         raise JobFailure(
-            FailureCode.UNSUPPORTED_FORMAT, "Input image is an animated GIF; accepted: still GIF"
+            FailureCode.UNSUPPORTED_FORMAT,
+            f"Input image is {width}x{height}; the most elongated shape accepted is "
+            f"{max_aspect_ratio:g}:1 (long side over short side)",
+        )
+    if getattr(image, "is_animated", False):
+        frames = getattr(image, "n_frames", 0)
+        raise JobFailure(
+            FailureCode.UNSUPPORTED_FORMAT,
+            f"Input image is an animated {image.format} ({frames} frames); accepted: still images",
         )
     try:
         image.load()

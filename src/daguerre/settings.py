@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=0, le=64)
     """In-process workers started by `daguerre serve`."""
+    engine_threads: int | None = Field(default=None, ge=1, le=1024)
+    """CPU threads each engine worker may use; default: the CPUs this process may run on divided
+    by the engine workers of all daguerre processes on this host (see docs/operations.md)."""
     models_file: Path | None = None
     """Models configuration (TOML); default: the one shipped with daguerre."""
     allow_downloads: bool = False
@@ -82,6 +85,9 @@ class Settings(BaseSettings):
     max_input_pixels: int = Field(default=40_000_000, ge=64 * 64, le=89_000_000)
     """Largest input image, in pixels (a decompression-bomb guard): larger ones fail with
     image_too_large. Checked from the image header before decoding."""
+    max_input_aspect_ratio: float = Field(default=20.0, ge=1, le=1000)
+    """Most elongated input image (long side over short side): more elongated ones fail with
+    unsupported_format. Checked from the image header before decoding."""
     url_ingestion: bool = True
     """Fetch `url` image references server-side; off: such requests get 503."""
     url_allow_http: bool = False
@@ -116,12 +122,19 @@ class Settings(BaseSettings):
     """NudeNet classes that block an image."""
     moderation_image_threshold: float = Field(default=0.45, ge=0, le=1)
     max_request_bytes: int = Field(default_factory=_default_max_request_bytes, ge=1024)
-    lease_s: float = Field(default=30.0, gt=0)
-    """How long a claimed job stays owned without a renewal; renewed every lease_s/3."""
+    lease_s: float = Field(default=8.0, gt=0)
+    """How long a claimed job stays owned without a renewal; renewed every lease_s/3 (a cheap
+    guarded UPDATE). A killed worker's job is claimed again within lease_s plus an idle worker's
+    wake-up (at most a second): within 10 s by default."""
     max_attempts: int = Field(default=3, ge=1)
     """Claims per job (worker crashes count); then it fails with generation_failed."""
     active_job_ttl_s: float = Field(default=3600.0, gt=0)
     """A job still processing this long after it first started fails with generation_failed."""
+    http_head_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """A request's line and headers must arrive within this time of the connection opening (or of
+    the request's first byte); otherwise the connection is closed (idle and slow-header clients)."""
+    http_keep_alive_s: int = Field(default=5, ge=1, le=300)
+    """An idle keep-alive connection is closed this long after its last answer."""
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM a worker finishes its job within this time, or hands it back to the queue."""
     idle_poll_s: float = Field(default=0.005, gt=0)

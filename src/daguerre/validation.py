@@ -23,6 +23,7 @@ from daguerre.wire import (
     IMAGE_REF_SOURCES,
     MAX_IMAGE_REFS,
     MAX_INPUT_IMAGE_BYTES,
+    MIME_TYPE_ALIASES,
     MODELS,
     OUTPUT_FORMATS,
     PORTRAIT_RATIOS,
@@ -235,10 +236,11 @@ def parse_file_create(body: Any, *, inline: bool = False) -> FileCreate:
     values: dict[str, Any] = {}
     if body.get("mime_type") is None:
         raise _bad(Detail.field_required("mime_type"))
-    mime_type = _optional(body, "mime_type", str)
-    if mime_type.lower() not in ACCEPTED_MIME_TYPES:
+    mime_type = _optional(body, "mime_type", str).strip().lower()
+    mime_type = MIME_TYPE_ALIASES.get(mime_type, mime_type)
+    if mime_type not in ACCEPTED_MIME_TYPES:
         raise _bad(f"mime_type: must be one of {', '.join(ACCEPTED_MIME_TYPES)}")
-    values["mime_type"] = mime_type.lower()
+    values["mime_type"] = mime_type
     size = body.get("size_bytes")
     if size is None:
         raise _bad(Detail.field_required("size_bytes"))

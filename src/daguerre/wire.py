@@ -93,6 +93,8 @@ _VALID_RATIOS_TEXT = "1:1, 1:2, 1:3, 16:9, 2:1, 2:3, 3:1, 3:2, 9:16"
 
 ACCEPTED_MIME_TYPES: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp", "image/gif")
 """The input formats daguerre takes (Luma): JPEG, PNG, WebP, still GIF."""
+MIME_TYPE_ALIASES = {"image/jpg": "image/jpeg"}
+"""Media type names clients use that mean an accepted one (read as it, everywhere)."""
 
 IMAGE_REF_SOURCES: tuple[str, ...] = ("url", "data", "generation_id", "file_id")
 

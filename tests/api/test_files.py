@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from daguerre.api import files as files_api
 from daguerre.api.deps import Services
-from daguerre.api.files import maintain_files
-from daguerre.store.schema import file_key
+from daguerre.api.files import MAX_INGEST_ATTEMPTS, maintain_files
+from daguerre.store.schema import file_key, upload_key
 from daguerre.store.schema import files as files_table
 from daguerre.wire import FailureCode, State
 from support.helpers import make_key
@@ -303,3 +304,114 @@ def test_put_urls_sign_the_content_type_and_only_write_files(client, auth, blobs
         headers=envelope["headers"],
     )
     assert too_big.status_code == 400 and "EntityTooLarge" in too_big.text
+
+
+def test_the_upload_url_is_refused_once_the_upload_is_complete(client, auth, blobs):
+    created = create(client, auth).json()
+    envelope = created["upload"]
+    assert "/uploads/" in envelope["url"]  # the URL writes the upload key, never the file's own
+    for _ in range(2):  # while the upload is open it may be written again
+        assert client.put(envelope["url"], content=PNG, headers=envelope["headers"]).status_code == 200
+    client.post(f"/v1/files/{created['id']}/complete", headers=auth)
+    assert get(client, auth, created["id"]).json()["state"] == "ready"
+    other = png_bytes((8, 8))
+    late = client.put(envelope["url"], content=other, headers=envelope["headers"])
+    assert late.status_code == 403 and "AccessDenied" in late.text
+    assert blobs.get(file_key(created["id"])) == PNG  # what was checked is what stays
+    assert not blobs.exists(upload_key(created["id"]))
+
+
+def test_the_upload_url_cannot_bring_back_a_deleted_file(client, auth, blobs):
+    created = create(client, auth).json()
+    envelope = created["upload"]
+    client.put(envelope["url"], content=PNG, headers=envelope["headers"])
+    assert client.delete(f"/v1/files/{created['id']}", headers=auth).status_code == 204
+    assert not blobs.exists(upload_key(created["id"]))
+    again = client.put(envelope["url"], content=PNG, headers=envelope["headers"])
+    assert again.status_code == 403
+    assert not blobs.exists(upload_key(created["id"])) and not blobs.exists(file_key(created["id"]))
+
+
+@pytest.mark.parametrize(
+    ("size", "reason"),
+    [
+        (
+            (1, 39_000_000),
+            "unsupported_format: Input image is 1x39000000; the most elongated shape accepted is 20:1",
+        ),
+        ((30_000, 2), "unsupported_format: Input image is 30000x2"),
+    ],
+)
+def test_an_extremely_elongated_upload_fails_with_a_reason(client, auth, size, reason):
+    data = png_bytes(size)
+    file_id = upload(client, auth, data=data)
+    body = get(client, auth, file_id).json()
+    assert body["state"] == "failed" and body["failure_reason"].startswith(reason)
+
+
+def _stall(store, blobs, file_id, data=PNG, attempts=0):
+    """As if the process had died while ingesting the upload: pending, uploaded minutes ago."""
+    blobs.put(file_key(file_id), data, "image/png")
+    store.files.mark_uploaded(file_id)
+    with store.db.write() as conn:
+        conn.execute(
+            files_table.update()
+            .where(files_table.c.id == file_id)
+            .values(uploaded_at=datetime.now(UTC) - timedelta(minutes=5), ingest_attempts=attempts)
+        )
+
+
+def test_one_failing_ingest_never_stops_the_maintenance_of_the_others(
+    client, auth, store, blobs, settings, monkeypatch
+):
+    first, second = create(client, auth).json()["id"], create(client, auth).json()["id"]
+    _stall(store, blobs, first)
+    _stall(store, blobs, second)
+    real = files_api.load_input
+
+    def explode_once(data, *args):
+        if not exploded:
+            exploded.append(True)
+            raise RuntimeError("the decoder crashed")
+        return real(data, *args)
+
+    exploded: list[bool] = []
+    monkeypatch.setattr(files_api, "load_input", explode_once)
+    maintain_files(Services.build(settings, store, blobs))
+    states = sorted(get(client, auth, file_id).json()["state"] for file_id in (first, second))
+    assert states == ["failed", "ready"]
+    failed = next(
+        get(client, auth, i).json()
+        for i in (first, second)
+        if get(client, auth, i).json()["state"] == "failed"
+    )
+    assert failed["failure_reason"] == "the upload could not be checked"
+
+
+def test_an_upload_whose_ingest_keeps_dying_is_failed_not_retried_for_ever(
+    client, auth, store, blobs, settings
+):
+    file_id = create(client, auth).json()["id"]
+    _stall(store, blobs, file_id, attempts=MAX_INGEST_ATTEMPTS)  # three ingests began and never ended
+    maintain_files(Services.build(settings, store, blobs))
+    body = get(client, auth, file_id).json()
+    assert body["state"] == "failed"
+    assert (
+        body["failure_reason"]
+        == f"the upload could not be checked: {MAX_INGEST_ATTEMPTS} attempts did not finish"
+    )
+
+
+def test_an_interrupted_ingest_counts_its_attempts(client, auth, store, blobs, settings):
+    file_id = create(client, auth).json()["id"]
+    _stall(store, blobs, file_id, attempts=MAX_INGEST_ATTEMPTS - 1)
+    maintain_files(Services.build(settings, store, blobs))
+    assert get(client, auth, file_id).json()["state"] == "ready"  # the last allowed attempt still runs
+
+
+@pytest.mark.parametrize("declared", ["image/jpg", "IMAGE/JPG", "image/jpeg"])
+def test_image_jpg_is_read_as_image_jpeg_as_in_generations(client, auth, declared):
+    response = create(client, auth, mime_type=declared)
+    assert response.status_code == 201, response.text
+    assert response.json()["file"]["mime_type"] == "image/jpeg"
+    assert response.json()["upload"]["headers"] == {"Content-Type": "image/jpeg"}

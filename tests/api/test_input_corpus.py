@@ -45,6 +45,13 @@ def animated_gif() -> bytes:
     return buffer.getvalue()
 
 
+def animated(format_: str) -> bytes:
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ("red", "green", "blue")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=format_, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buffer.getvalue()
+
+
 def still_gif() -> bytes:
     buffer = io.BytesIO()
     Image.new("P", (16, 16), 3).save(buffer, format="GIF")
@@ -94,6 +101,10 @@ ASYNC_CASES = {  # bytes labelled image/png -> failure code
     "truncated png": (_png((200, 200))[:200], FailureCode.CORRUPT_INPUT),
     "random bytes": (RANDOM, FailureCode.CORRUPT_INPUT),
     "animated gif": (animated_gif(), FailureCode.UNSUPPORTED_FORMAT),
+    "animated webp": (animated("WEBP"), FailureCode.UNSUPPORTED_FORMAT),
+    "animated png (APNG)": (animated("PNG"), FailureCode.UNSUPPORTED_FORMAT),
+    "png 1x39000000": (png_header_claiming(1, 39_000_000), FailureCode.UNSUPPORTED_FORMAT),
+    "png 30000x2": (_png((30_000, 2)), FailureCode.UNSUPPORTED_FORMAT),
     "png header 40000x40000": (png_header_claiming(40000, 40000), FailureCode.IMAGE_TOO_LARGE),
     "tiff": (tiff(), FailureCode.UNSUPPORTED_FORMAT),
     "svg": (SVG, FailureCode.UNSUPPORTED_FORMAT),
@@ -183,3 +194,24 @@ def test_the_pixel_limit_is_checked_before_decoding():
         load_input(_png((300, 300)), max_pixels=300 * 299)
     assert failure.value.code == FailureCode.IMAGE_TOO_LARGE
     assert "300x300" in failure.value.reason
+
+
+def test_the_aspect_ratio_limit_is_inclusive_and_configurable():
+    assert load_input(_png((200, 10)), 10**6).size == (200, 10)  # exactly 20:1
+    with pytest.raises(JobFailure) as failure:
+        load_input(_png((201, 10)), 10**6)
+    assert failure.value.code == FailureCode.UNSUPPORTED_FORMAT
+    assert (
+        failure.value.reason
+        == "Input image is 201x10; the most elongated shape accepted is 20:1 (long side over short side)"
+    )
+    assert load_input(_png((400, 10)), 10**6, max_aspect_ratio=40).size == (400, 10)
+
+
+def test_an_extremely_elongated_real_png_is_refused_before_decoding():
+    """The 5 KB 1x39,000,000 PNG of the fault-injection run: refused from its header."""
+    data = _png((1, 39_000_000), "L", 200)
+    assert len(data) < 100_000
+    with pytest.raises(JobFailure) as failure:
+        load_input(data, 40_000_000)
+    assert failure.value.code == FailureCode.UNSUPPORTED_FORMAT

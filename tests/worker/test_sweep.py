@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from daguerre.settings import Settings
-from daguerre.store.schema import input_key, output_key
+from daguerre.store.schema import input_key, output_key, upload_key
 from daguerre.wire import FailureCode, State
 from daguerre.worker import WorkerPool
 from daguerre.worker.sweep import MARKER_KEY, Sweeper
@@ -456,3 +456,31 @@ def test_an_api_only_pool_and_a_zero_interval_run_no_sweeper(settings, store, bl
             assert "gc" not in [thread.name for thread in pool._threads]
         finally:
             pool.stop()
+
+
+# What presigned PUTs wrote ----------------------------------------------------------------------
+
+
+def test_an_upload_key_is_kept_while_its_file_is_pending_and_deleted_after(
+    client, auth, store, blobs, sweeper
+):
+    def new_upload():
+        created = client.post(
+            "/v1/files", json={"mime_type": "image/png", "size_bytes": 3}, headers=auth
+        ).json()
+        key = upload_key(created["id"])
+        blobs.put(key, b"abc", "image/png")
+        age(blobs, key, 2 * GRACE.total_seconds())
+        return created["id"], key
+
+    _, waiting = new_upload()  # never completed: its file is still pending
+    deleted_id, late = new_upload()
+    assert client.delete(f"/v1/files/{deleted_id}", headers=auth).status_code == 204
+    blobs.put(late, b"a PUT that landed after the delete (S3 cannot refuse it)", "image/png")
+    age(blobs, late, 2 * GRACE.total_seconds())
+    stray = upload_key(str(uuid.uuid4()))  # no file at all
+    blobs.put(stray, b"x", "image/png")
+    age(blobs, stray, 2 * GRACE.total_seconds())
+    report = sweeper.sweep()
+    assert report.orphan_uploads == 2
+    assert keys(blobs, "uploads/") == [waiting]

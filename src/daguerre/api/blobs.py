@@ -2,8 +2,11 @@
 
 The URL is checked exactly as S3 would check it: SigV4 signature over the raw path, the query and
 the signed headers (Host, and Content-Type for uploads), then the expiry. Refusals are S3-shaped
-XML with status 403. PUT only ever writes uploaded files (`files/...`), at most 50 MB. Only mounted
-when blobs live on local disk; with an S3 store, clients talk to the S3 service directly.
+XML with status 403. PUT only ever writes the upload key of a file whose upload is still open
+(`uploads/<file id>`: pending, not yet completed), at most 50 MB; completing the upload moves the
+bytes to the file's own key, so the URL cannot replace what was checked, nor bring back a deleted
+file. Only mounted when blobs live on local disk; with an S3 store, clients talk to the S3
+service directly.
 """
 
 from __future__ import annotations
@@ -18,9 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from daguerre.api.deps import services
 from daguerre.blobs.local import ROUTE_PREFIX, LocalBlobStore, UnsafeKey
 from daguerre.blobs.sigv4 import SignatureError, verify
+from daguerre.store.schema import parse_upload_key
 from daguerre.wire import MAX_INPUT_IMAGE_BYTES
-
-UPLOAD_PREFIX = "files/"
 
 router = APIRouter(prefix=ROUTE_PREFIX, include_in_schema=False)
 
@@ -78,8 +80,13 @@ async def put_blob(bucket: str, key: str, request: Request) -> Response:
     if refused is not None:
         return refused
     request_id = request.scope.get("state", {}).get("request_id", "")
-    if bucket != blobs.bucket or not key.startswith(UPLOAD_PREFIX):
+    file_id = parse_upload_key(key)
+    if bucket != blobs.bucket or file_id is None:
         return s3_error(403, "AccessDenied", "Access Denied", resource, request_id)
+    if not await run_in_threadpool(services(request).store.files.awaiting_upload, file_id):
+        return s3_error(
+            403, "AccessDenied", "The upload is complete or the file was deleted", resource, request_id
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

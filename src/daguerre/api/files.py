@@ -31,7 +31,7 @@ from daguerre.errors import ApiError, JobFailure
 from daguerre.media import load_input, sniff_media_type
 from daguerre.store.clock import utcnow
 from daguerre.store.files import FileRecord, NewFile
-from daguerre.store.schema import file_key
+from daguerre.store.schema import file_key, upload_key
 from daguerre.validation import parse_file_create
 from daguerre.wire import (
     FILE_LIST_DEFAULT,
@@ -138,7 +138,9 @@ async def create_file(request: Request, caller: CallerDep, background: Backgroun
     expires = utcnow() + timedelta(seconds=OUTPUT_URL_TTL_S)
     upload = PresignedUpload(
         expires_at=format_timestamp(expires),
-        url=svc.blobs.presign_put(file_key(record.id), OUTPUT_URL_TTL_S, record.mime_type, base_url(request)),
+        url=svc.blobs.presign_put(
+            upload_key(record.id), OUTPUT_URL_TTL_S, record.mime_type, base_url(request)
+        ),
         headers={"Content-Type": record.mime_type},
     )
     response = CreateFileResponse(id=record.id, state=record.state, file=to_wire(record), upload=upload)
@@ -199,9 +201,9 @@ def complete_file(
     record = _own_file(request, caller.account_id, file_id)
     if record.state != FileState.PENDING:
         return JSONModelResponse(to_wire(record))  # repeated calls are harmless
-    if not svc.blobs.exists(file_key(record.id)):
+    if not (svc.blobs.exists(upload_key(record.id)) or svc.blobs.exists(file_key(record.id))):
         raise ApiError(400, Detail.FILE_NOT_UPLOADED)
-    svc.store.files.mark_uploaded(record.id)
+    svc.store.files.mark_uploaded(record.id)  # from now on the local store refuses PUTs to it
     background.add_task(ingest, svc, record.id, record.account_id)
     return JSONModelResponse(to_wire(record))
 
@@ -270,18 +272,43 @@ def delete_file(file_id: str, request: Request, caller: CallerDep) -> Response:
     record = _own_file(request, caller.account_id, file_id)
     svc.store.files.delete(record.id, caller.account_id)
     svc.blobs.delete(file_key(record.id))
+    svc.blobs.delete(upload_key(record.id))
     return Response(status_code=204)
 
 
 # --- ingest and maintenance -----------------------------------------------------------------------
 
 
+MAX_INGEST_ATTEMPTS = 3
+"""Ingests one upload may start. More means each one ended with its process (killed for memory,
+say); the next attempt fails the file instead of decoding it again."""
+
+
 def ingest(svc: Services, file_id: str, account_id: str) -> None:
-    """Decide a pending upload: ready, or failed with a reason."""
+    """Decide a pending upload: ready, or failed with a reason. Never raises: whatever goes wrong
+    fails the file, so no upload stays pending."""
+    try:
+        _ingest(svc, file_id, account_id)
+    except Exception:
+        log.exception("ingest of file %s failed", file_id)
+        svc.store.files.finish(file_id, FileState.FAILED, reason="the upload could not be checked")
+
+
+def _ingest(svc: Services, file_id: str, account_id: str) -> None:
     record = svc.store.files.get(file_id, account_id)
     if record is None or record.state != FileState.PENDING:
         return
+    attempt = svc.store.files.start_ingest(file_id)
+    if attempt is None:
+        return
+    if attempt > MAX_INGEST_ATTEMPTS:
+        reason = f"the upload could not be checked: {MAX_INGEST_ATTEMPTS} attempts did not finish"
+        svc.store.files.finish(file_id, FileState.FAILED, reason=reason)
+        log.warning("file %s failed: %s", file_id, reason)
+        return
     try:
+        if svc.blobs.exists(upload_key(file_id)):  # bytes PUT to the upload URL become the file's
+            svc.blobs.move(upload_key(file_id), file_key(file_id))
         data = svc.blobs.get(file_key(file_id))
     except BlobNotFound:
         svc.store.files.finish(file_id, FileState.FAILED, reason="the uploaded bytes are missing")
@@ -290,8 +317,9 @@ def ingest(svc: Services, file_id: str, account_id: str) -> None:
         reason = f"uploaded {len(data)} bytes, but size_bytes is {record.size_bytes}"
         svc.store.files.finish(file_id, FileState.FAILED, reason=reason)
         return
+    settings = svc.settings
     try:
-        image = load_input(data, svc.settings.max_input_pixels)
+        image = load_input(data, settings.max_input_pixels, settings.max_input_aspect_ratio)
     except JobFailure as failure:
         svc.store.files.finish(file_id, FileState.FAILED, reason=f"{failure.code.value}: {failure.reason}")
         return
@@ -304,9 +332,14 @@ def ingest(svc: Services, file_id: str, account_id: str) -> None:
 
 
 def maintain_files(svc: Services, stalled_after_s: float = 60.0) -> None:
-    """Delete expired files (record soft-deleted, bytes removed); re-run interrupted ingests."""
+    """Delete expired files (record soft-deleted, bytes removed); re-run interrupted ingests. One
+    file that fails here never keeps the others from being maintained."""
     for file_id in svc.store.files.expire():
-        svc.blobs.delete(file_key(file_id))
-        log.info("file %s expired and was deleted", file_id)
+        try:
+            svc.blobs.delete(file_key(file_id))
+        except Exception:
+            log.exception("deleting the bytes of expired file %s failed", file_id)
+        else:
+            log.info("file %s expired and was deleted", file_id)
     for record in svc.store.files.stalled(stalled_after_s):
         ingest(svc, record.id, record.account_id)

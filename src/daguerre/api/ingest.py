@@ -30,6 +30,7 @@ from daguerre.media import decode_base64
 from daguerre.store.schema import file_key, input_key
 from daguerre.wire import (
     ACCEPTED_MIME_TYPES,
+    MIME_TYPE_ALIASES,
     Detail,
     FileState,
     GenerationCreate,
@@ -57,8 +58,7 @@ def _check_media_type(media_type: str, path: str) -> str:
     media_type = media_type.split(";", 1)[0].strip().lower()
     if not media_type.startswith("image/"):
         raise ApiError(422, Detail.ref_not_image(path))
-    if media_type == "image/jpg":
-        media_type = "image/jpeg"
+    media_type = MIME_TYPE_ALIASES.get(media_type, media_type)
     if media_type not in ACCEPTED_MIME_TYPES:
         raise ApiError(422, Detail.ref_unsupported_format(path))
     return media_type

@@ -41,6 +41,11 @@ class BlobStore(Protocol):
         """Remove the blob; removing a missing blob is not an error."""
         ...
 
+    def move(self, source: str, target: str) -> None:
+        """Put the blob at `source` under `target` (replacing what is there) and remove `source`;
+        raises BlobNotFound when there is no blob at `source`. On S3: copy, then delete."""
+        ...
+
     def list_blobs(self, prefix: str) -> Iterator[BlobInfo]:
         """Every blob whose key starts with `prefix` (plain text, as S3's `Prefix`), in no promised
         order. Lazy: a caller may delete what it has been given while it goes on listing, and a

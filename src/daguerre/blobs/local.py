@@ -81,6 +81,19 @@ class LocalBlobStore:
         every generation would leave two empty directories behind for ever)."""
         path = self.path_for(key)
         path.unlink(missing_ok=True)
+        self._remove_empty_parents(path)
+
+    def move(self, source: str, target: str) -> None:
+        """A rename: atomic, and the bytes are never copied."""
+        source_path, target_path = self.path_for(source), self.path_for(target)
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source_path, target_path)
+        except FileNotFoundError:
+            raise BlobNotFound(source) from None
+        self._remove_empty_parents(source_path)
+
+    def _remove_empty_parents(self, path: Path) -> None:
         for parent in path.parents:
             if parent == self.root or not parent.is_relative_to(self.root):
                 break

@@ -109,11 +109,33 @@ class Moderator:
         return verdict
 
     def check_image(self, image: Image.Image, stage: str, subject: str) -> Verdict | None:
+        """Check `image` at `stage`; the checker sees a copy no larger than IMAGE_CHECK_MAX_SIDE."""
         if self.image is None or stage not in self.stages:
             return None
-        verdict = self.image.check(image)
+        verdict = self.image.check(bounded_copy(image))
         _log(stage, subject, verdict)
         return verdict
+
+
+IMAGE_CHECK_MAX_SIDE = 1024
+"""Longest side of the copy an image checker sees. NudeNet pads an image to a square of its long
+side before shrinking it to 320x320: given a 40000x1000 picture (legal: 40 M pixels) it took
+the process to 5.1 GB. The detector sees 320 pixels a side whatever it is given, so a copy of
+1024 loses nothing it could use, and its padded square takes 3 MB."""
+
+
+def bounded_copy(image: Image.Image, max_side: int = IMAGE_CHECK_MAX_SIDE) -> Image.Image:
+    """`image` itself when it fits in `max_side`, else a copy shrunk to fit (ratio kept, each side
+    at least one pixel). Pillow reduces by whole factors first (`reducing_gap`), so the shrinking
+    itself needs little more memory than the result."""
+    width, height = image.size
+    if max(width, height) <= max_side:
+        return image
+    scale = max_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    from PIL import Image as PILImage
+
+    return image.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def _log(stage: str, subject: str, verdict: Verdict | None) -> None:
@@ -130,4 +152,13 @@ def _log(stage: str, subject: str, verdict: Verdict | None) -> None:
     )
 
 
-__all__ = ["STAGES", "ImageChecker", "ModerationUnavailable", "Moderator", "TextChecker", "Verdict"]
+__all__ = [
+    "IMAGE_CHECK_MAX_SIDE",
+    "STAGES",
+    "ImageChecker",
+    "ModerationUnavailable",
+    "Moderator",
+    "TextChecker",
+    "Verdict",
+    "bounded_copy",
+]

@@ -7,6 +7,7 @@ repeated ingest cannot overwrite a decision.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,6 +56,9 @@ class FilePage:
 
 
 _GET = sa.select(f).where(f.c.id == sa.bindparam("file_id"), f.c.account_id == sa.bindparam("account_id"))
+_AWAITING_UPLOAD = sa.select(f.c.id).where(
+    f.c.id == sa.bindparam("file_id"), f.c.state == FileState.PENDING.value, f.c.uploaded_at.is_(None)
+)
 
 
 class FileStore:
@@ -119,6 +123,34 @@ class FileStore:
                 .where(f.c.id == file_id, f.c.state == FileState.PENDING.value, f.c.uploaded_at.is_(None))
                 .values(uploaded_at=utcnow())
             )
+
+    def awaiting_upload(self, file_id: str) -> bool:
+        """Whether the file's bytes may still be PUT: it is pending and its upload not completed."""
+        return self._db.fetch_one(_AWAITING_UPLOAD, {"file_id": file_id}) is not None
+
+    def pending(self, file_ids: Collection[str]) -> set[str]:
+        """Those of these files that exist and are still pending (their upload may still be used)."""
+        ids = sorted(set(file_ids))
+        found: set[str] = set()
+        with self._db.read() as conn:
+            for start in range(0, len(ids), 500):
+                query = sa.select(f.c.id).where(
+                    f.c.id.in_(ids[start : start + 500]), f.c.state == FileState.PENDING.value
+                )
+                found.update(row.id for row in conn.execute(query))
+        return found
+
+    def start_ingest(self, file_id: str) -> int | None:
+        """Count one more ingest of a pending upload; its attempt number, or None when the file
+        is no longer pending (another ingest decided it, or it was deleted)."""
+        with self._db.write() as conn:
+            row = conn.execute(
+                f.update()
+                .where(f.c.id == file_id, f.c.state == FileState.PENDING.value)
+                .values(ingest_attempts=f.c.ingest_attempts + 1)
+                .returning(f.c.ingest_attempts)
+            ).first()
+        return None if row is None else int(row.ingest_attempts)
 
     def finish(
         self, file_id: str, state: FileState, mime_type: str | None = None, reason: str | None = None

@@ -172,6 +172,12 @@ def file_key(file_id: str) -> str:
     return f"files/{file_id}"
 
 
+def upload_key(file_id: str) -> str:
+    """Blob key a presigned PUT writes an upload's bytes to. Completing the upload moves them to
+    `file_key`, so the bytes that were checked can no longer be replaced through the URL."""
+    return f"uploads/{file_id}"
+
+
 def input_key(generation_id: str, index: int) -> str:
     """Blob key of a generation's n-th input image (the source of an edit is input 0)."""
     return f"inputs/{generation_id}/{index}"
@@ -207,4 +213,13 @@ def parse_output_key(key: str) -> tuple[str, str] | None:
 def parse_input_key(key: str) -> str | None:
     """The generation id of a key made by `input_key`; None for any other text."""
     match = _INPUT_KEY.fullmatch(key)
+    return None if match is None else match[1]
+
+
+_UPLOAD_KEY = re.compile(f"uploads/({_UUID_TEXT})")
+
+
+def parse_upload_key(key: str) -> str | None:
+    """The file id of a key made by `upload_key`; None for any other text."""
+    match = _UPLOAD_KEY.fullmatch(key)
     return None if match is None else match[1]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from daguerre.blobs import BlobNotFound, BlobStore
-from daguerre.engine import EngineJob, ModelRegistry, seed_for
+from daguerre.engine import EngineJob, ModelRegistry, seed_for, set_engine_threads
 from daguerre.errors import Cancelled, JobFailure, LeaseLost, Transient
 from daguerre.media import OUTPUT_EXTENSIONS, OUTPUT_MEDIA_TYPES, encode_image, load_input
 from daguerre.moderation import Moderator
@@ -27,6 +27,7 @@ from daguerre.store.generations import GenerationRecord
 from daguerre.store.schema import output_key
 from daguerre.wire import FailureCode, GenerationType, Reason, State
 from daguerre.worker.lease import Lease
+from daguerre.worker.threads import ThreadBudget
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -60,6 +61,7 @@ class Worker:
         registry: ModelRegistry,
         worker_id: str,
         moderator: Moderator | None = None,
+        threads: ThreadBudget | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -67,6 +69,8 @@ class Worker:
         self.registry = registry
         self.worker_id = worker_id
         self.moderator = moderator or Moderator.from_settings(settings)
+        self.threads = threads
+        """Sizes the engine's CPU threads before each job (None: torch's own default)."""
         self.running: Running | None = None
         """The job in hand, so a supervisor can hand it back if the worker does not stop in time."""
         self._stop_at: float | None = None
@@ -181,6 +185,8 @@ class Worker:
             seed=seed_for(record.id),
         )
         engine = self.registry.engine(record.model)
+        if self.threads is not None:
+            set_engine_threads(self.threads.threads())
 
         def on_step(step: int, total: int) -> None:
             if lease.lost.is_set():
@@ -211,4 +217,4 @@ class Worker:
             data = self.blobs.get(key)
         except BlobNotFound:
             raise JobFailure(FailureCode.INVALID_REQUEST, "An input image of this request is gone") from None
-        return load_input(data, self.settings.max_input_pixels)
+        return load_input(data, self.settings.max_input_pixels, self.settings.max_input_aspect_ratio)

@@ -25,6 +25,9 @@ queued or processing job uses as an input waits for a later pass.
     nothing to commit to.
 * `inputs/<id>/<n>`: deleted when the generation has no row (the API stores inputs before it
   inserts the row, and a create lasts seconds, far less than the grace) or was purged.
+* `uploads/<file id>`, what a presigned PUT wrote: kept while the file is pending (its ingest
+  moves the bytes to `files/<id>`); otherwise deleted. On S3 a PUT can still land there after the
+  upload was completed or the file deleted, and nothing reads it.
 
 The rows are read after the blobs are listed, so a row can only be newer than the blob: a blob
 written under a token exists only after the claim that drew the token was committed.
@@ -50,7 +53,14 @@ from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.store.clock import utcnow
 from daguerre.store.generations import BlobOwner
-from daguerre.store.schema import input_prefix, output_prefix, parse_input_key, parse_output_key
+from daguerre.store.schema import (
+    input_prefix,
+    output_prefix,
+    parse_input_key,
+    parse_output_key,
+    parse_upload_key,
+    upload_key,
+)
 from daguerre.wire import State
 
 log = logging.getLogger(__name__)
@@ -63,6 +73,7 @@ FULL_PASS_EVERY = timedelta(days=1)
 """How often a process's retention pass reads every generation created before the cutoff; the
 passes in between read only those created from a day before the previous pass's cutoff."""
 BATCH = 500
+UPLOAD_PREFIX = upload_key("")
 """Blobs judged per lookup of their rows."""
 
 
@@ -76,18 +87,22 @@ class SweepReport:
     purged_bytes: int = 0
     orphan_outputs: int = 0
     orphan_inputs: int = 0
+    orphan_uploads: int = 0
     orphan_bytes: int = 0
 
     @property
     def deleted_anything(self) -> bool:
-        return bool(self.purged_generations or self.orphan_outputs or self.orphan_inputs)
+        return bool(
+            self.purged_generations or self.orphan_outputs or self.orphan_inputs or self.orphan_uploads
+        )
 
     def describe(self) -> str:
         purge, delete = ("would purge", "would delete") if self.dry_run else ("purged", "deleted")
         return (
             f"retention: {purge} {self.purged_generations} generation(s): {self.purged_blobs} blob(s), "
             f"{_size(self.purged_bytes)}\n"
-            f"orphans: {delete} {self.orphan_outputs} output(s) and {self.orphan_inputs} input(s), "
+            f"orphans: {delete} {self.orphan_outputs} output(s), {self.orphan_inputs} input(s) and "
+            f"{self.orphan_uploads} upload(s), "
             f"{_size(self.orphan_bytes)}"
         )
 
@@ -197,6 +212,18 @@ class Sweeper:
                 else:
                     report.orphan_inputs += 1
                 report.orphan_bytes += blob.size
+        stale: list[BlobInfo] = []
+        for blob in self.blobs.list_blobs(UPLOAD_PREFIX):
+            if blob.modified_at < horizon and parse_upload_key(blob.key) is not None:
+                stale.append(blob)
+        for start in range(0, len(stale), BATCH):
+            batch = stale[start : start + BATCH]
+            pending = self.store.files.pending({parse_upload_key(blob.key) or "" for blob in batch})
+            for blob in batch:
+                if parse_upload_key(blob.key) not in pending:
+                    self._delete(blob, report.dry_run)
+                    report.orphan_uploads += 1
+                    report.orphan_bytes += blob.size
 
     def _unneeded(self, prefix: str, horizon: datetime, stop: threading.Event | None) -> Iterator[BlobInfo]:
         """The blobs under `prefix`, written before `horizon`, that nothing can ever refer to;
