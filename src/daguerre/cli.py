@@ -331,9 +331,11 @@ def serve(
 ) -> None:
     """Run the API with N in-process workers on the embedded defaults (SQLite, local blobs)."""
     settings = _settings(config, host=host, port=port, data_dir=data_dir, models_file=models, workers=workers)
+    _prefer_passive_waiting()
     import uvicorn
 
     from daguerre.api import create_app
+    from daguerre.api.protocol import protocol_with_head_timeout
     from daguerre.blobs import open_blob_store
     from daguerre.worker import WorkerPool
 
@@ -351,6 +353,8 @@ def serve(
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
             timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+            timeout_keep_alive=settings.http_keep_alive_s,
+            http=protocol_with_head_timeout(settings.http_head_timeout_s),
         ),
         on_exit=pool.request_stop,
     )
@@ -360,6 +364,14 @@ def serve(
     finally:
         pool.stop()
         store.close()
+
+
+def _prefer_passive_waiting() -> None:
+    """Idle OpenMP threads sleep rather than spin on cores other workers need; must happen before
+    torch loads (see worker.threads)."""
+    from daguerre.worker.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()
 
 
 def _server(config: Any, on_exit: Callable[[], None]) -> Any:
@@ -381,6 +393,7 @@ def worker(data_dir: DataDirOpt = None, models: ModelsOpt = None, config: Config
     SIGTERM or Ctrl-C: stop claiming, finish the running job within the grace time, or hand it back.
     """
     settings = _settings(config, data_dir=data_dir, models_file=models)
+    _prefer_passive_waiting()
     from daguerre.blobs import open_blob_store
     from daguerre.worker import WorkerPool
 

@@ -134,3 +134,29 @@ def test_sigterm_hands_the_running_job_back(tmp_path):
         assert (row.state, row.attempts, row.lease_token) == (State.QUEUED, 0, None)
     finally:
         server.stop()
+
+
+def test_with_the_default_lease_a_killed_worker_s_job_runs_again_within_ten_seconds(tmp_path):
+    runs = tmp_path / "runs"
+    models = scripted_models(tmp_path / "models.toml", steps=300, step_s=0.1, runs_dir=str(runs))
+    server = start_server(tmp_path / "data", models, workers=0)  # no lease setting: the default
+    first = start_worker(server.data_dir, models)
+    spare = None
+    try:
+        generation_id = create(server)
+        wait_for(lambda: list(runs.glob(f"{generation_id}.{first.pid}.*")))
+        spare = start_worker(server.data_dir, models)  # idle, waiting for work
+        time.sleep(3.0)  # the spare is up; the first worker has renewed its lease meanwhile
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        killed_at = time.monotonic()
+        wait_for(lambda: list(runs.glob(f"{generation_id}.{spare.pid}.*")), timeout=30)
+        rerun_after = time.monotonic() - killed_at
+        assert rerun_after <= 10.0, f"the job ran again {rerun_after:.1f} s after the kill"
+        assert record(server, generation_id).attempts == 2
+    finally:
+        for process in (first, spare):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+        server.stop()

@@ -11,6 +11,7 @@ so pipelines load once per worker. A model that cannot be built (missing weights
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 
 from daguerre.engine.base import Engine, EngineJob, StepHook, seed_for
@@ -32,6 +33,15 @@ class ModelRegistry:
             if engine is None:
                 engine = self._engines[model] = build_engine(self.specs[model], self.allow_downloads)
             return engine
+
+
+def set_engine_threads(count: int) -> None:
+    """Use `count` CPU threads for each engine call of this process from now on (torch's intra-op
+    threads; process-wide). Nothing to do while torch is not loaded: engines without it (remote,
+    scripted) have no threads to size."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != count:
+        torch.set_num_threads(count)
 
 
 def build_engine(spec: ModelSpec, allow_downloads: bool) -> Engine:
@@ -87,4 +97,5 @@ __all__ = [
     "build_engine",
     "load_models_file",
     "seed_for",
+    "set_engine_threads",
 ]

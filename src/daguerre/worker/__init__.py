@@ -26,6 +26,7 @@ from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.worker.loop import Outcome, Worker
 from daguerre.worker.sweep import Sweeper, SweepReport
+from daguerre.worker.threads import HostWorkers, ThreadBudget
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class WorkerPool:
         moderator = Moderator.from_settings(settings)  # its models are loaded once per process
         prefix = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stop_event = threading.Event()
+        self.host = HostWorkers(settings.data_dir / "run" / "workers", count)
+        budget = ThreadBudget(self.host, settings.engine_threads)
         self.workers = [
             Worker(
                 settings,
@@ -44,6 +47,7 @@ class WorkerPool:
                 ModelRegistry(specs, allow_downloads=settings.allow_downloads),
                 worker_id=f"{prefix}:{index}",
                 moderator=moderator,
+                threads=budget,
             )
             for index in range(count)
         ]
@@ -53,6 +57,8 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        if self.workers:
+            self.host.__enter__()  # counted by every worker process on this host until stop()
         for worker in self.workers:
             thread = threading.Thread(
                 target=worker.run, args=(self.stop_event,), name=f"worker-{worker.worker_id}", daemon=True
@@ -90,6 +96,7 @@ class WorkerPool:
                     running.generation_id,
                     "handed back to the queue" if handed_back else "was already decided",
                 )
+        self.host.__exit__(None, None, None)
 
 
 __all__ = ["Outcome", "SweepReport", "Sweeper", "Worker", "WorkerPool"]
