@@ -331,7 +331,7 @@ def serve(
 ) -> None:
     """Run the API with N in-process workers on the embedded defaults (SQLite, local blobs)."""
     settings = _settings(config, host=host, port=port, data_dir=data_dir, models_file=models, workers=workers)
-    _prefer_passive_waiting()
+    _choose_wait_policy(settings, settings.workers)
     import uvicorn
 
     from daguerre.api import create_app
@@ -366,12 +366,12 @@ def serve(
         store.close()
 
 
-def _prefer_passive_waiting() -> None:
-    """Idle OpenMP threads sleep rather than spin on cores other workers need; must happen before
+def _choose_wait_policy(settings: Settings, workers: int) -> None:
+    """OpenMP's wait policy, from the threads this process's workers will use; must happen before
     torch loads (see worker.threads)."""
-    from daguerre.worker.threads import prefer_passive_waiting
+    from daguerre.worker.threads import choose_wait_policy
 
-    prefer_passive_waiting()
+    choose_wait_policy(settings.engine_threads, workers)
 
 
 def _server(config: Any, on_exit: Callable[[], None]) -> Any:
@@ -393,7 +393,7 @@ def worker(data_dir: DataDirOpt = None, models: ModelsOpt = None, config: Config
     SIGTERM or Ctrl-C: stop claiming, finish the running job within the grace time, or hand it back.
     """
     settings = _settings(config, data_dir=data_dir, models_file=models)
-    _prefer_passive_waiting()
+    _choose_wait_policy(settings, 1)
     from daguerre.blobs import open_blob_store
     from daguerre.worker import WorkerPool
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from daguerre.worker.threads import HostWorkers, ThreadBudget, cores_given
+from daguerre.worker.threads import HostWorkers, ThreadBudget, choose_wait_policy, cores_given
 from support.helpers import make_worker, subprocess_env
 
 REGISTER_AND_WAIT = """
@@ -103,3 +104,21 @@ def test_a_worker_sets_torch_s_threads_before_its_engine_runs(settings, store, b
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("engine_threads", "workers", "cores", "policy"),
+    [(None, 1, 2, None), (None, 8, 2, None), (2, 1, 2, None), (2, 2, 2, "PASSIVE"), (4, 1, 2, "PASSIVE")],
+)
+def test_openmp_waits_passively_only_when_engine_threads_oversubscribe(
+    monkeypatch, engine_threads, workers, cores, policy
+):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    choose_wait_policy(engine_threads, workers, cores)
+    assert os.environ.get("OMP_WAIT_POLICY") == policy
+
+
+def test_a_wait_policy_the_user_set_is_kept(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    choose_wait_policy(16, 4, 2)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
