@@ -32,10 +32,10 @@ def test_creates_from_one_loop_iteration_share_one_commit_on_the_loop(store, key
         *records, writer = await asyncio.gather(*creates, store.db.run(lambda conn: threading.get_ident()))
         return records, writer, threading.get_ident()
 
-    commits_before = store.db._commits
+    commits_before = store.db.changes.count
     records, writer, loop_thread = asyncio.run(create_many())
     assert writer == loop_thread  # not the committer thread
-    assert store.db._commits == commits_before + 1
+    assert store.db.changes.count == commits_before + 1
     assert all(isinstance(r, GenerationSummary) for r in records)
     assert all(store.generations.get(r.id) is not None for r in records)
 
@@ -107,9 +107,9 @@ def test_a_held_write_lock_sends_the_batch_to_the_committer_thread_and_the_loop_
     async def again() -> object:
         return await store.generations.create_async(new(key.account_id))
 
-    commits_before = store.db._commits
+    commits_before = store.db.changes.count
     assert isinstance(asyncio.run(again()), GenerationSummary)
-    assert store.db._commits == commits_before + 1
+    assert store.db.changes.count == commits_before + 1
 
 
 def test_a_failing_operation_fails_alone(store, key):
