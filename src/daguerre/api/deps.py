@@ -13,11 +13,10 @@ import inspect
 import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 
 from daguerre.api.ratelimit import RequestRateLimiter
 from daguerre.blobs import BlobStore
@@ -33,8 +32,6 @@ from daguerre.wire import KEY_PREFIX, Detail
 
 BEARER = b"Bearer "
 _KEY_TOKEN = re.compile(re.escape(KEY_PREFIX.encode()) + rb"[A-Za-z0-9._~+/-]+=*")
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ async def authenticate(request: Request) -> Caller:
     """`Authorization: Bearer luma-api-...` -> the caller, or one of Luma's 401/403 details.
 
     A key seen in the last few seconds is answered from the store's cache; otherwise the lookup
-    is a read (see `read`)."""
+    is a read (inline on SQLite: see `Database.reads_inline`)."""
     store = services(request).store
     header = next((value for name, value in request.scope["headers"] if name == b"authorization"), b"")
     # "Bearer", one space, a key: the scheme word is case-sensitive (Luma) and the key a b64token
@@ -91,7 +88,7 @@ async def authenticate(request: Request) -> Caller:
         raise ApiError(401, Detail.MISSING_KEY)
     token = header[len(BEARER) :].decode("ascii")
     key_hash = hash_key(token)
-    match = store.accounts.cached_key(key_hash) or await read(store, store.accounts.find_key, key_hash)
+    match = store.accounts.cached_key(key_hash) or await store.accounts.find_key_async(key_hash)
     if match is None or not hmac.compare_digest(match.key_hash, key_hash):
         raise ApiError(401, Detail.INVALID_KEY)
     if match.revoked_at is not None:
@@ -103,14 +100,6 @@ async def authenticate(request: Request) -> Caller:
     if match.account_status == AccountStatus.DEACTIVATED:
         raise ApiError(403, Detail.DEACTIVATED)
     return match
-
-
-async def read(store: Store, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run a single-row read: inline on SQLite (microseconds, and a thread hand-off costs more than
-    the query under load), in the thread pool on a networked database."""
-    if store.db.fast_reads:
-        return function(*args, **kwargs)
-    return await run_in_threadpool(function, *args, **kwargs)
 
 
 def base_url(request: Request) -> str:

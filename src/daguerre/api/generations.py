@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from daguerre import pricing
-from daguerre.api.deps import RequestRoute, authenticate, base_url, json_body, read, services
+from daguerre.api.deps import RequestRoute, authenticate, base_url, json_body, services
 from daguerre.api.ingest import ingest_inputs
 from daguerre.api.openapi import RATE_LIMIT_HEADERS, RETRY_AFTER_HEADER
 from daguerre.blobs import BlobStore
@@ -131,10 +131,10 @@ async def create_generation(request: Request) -> GenerationResponse:
     price = pricing.price(settings, create.model, inputs)
     if inputs:  # the transaction below decides; this early look only spares storing the inputs
         if concurrency is not None:
-            active = await read(store, store.generations.count_active, caller.account_id, concurrency)
+            active = await store.generations.count_active_async(caller.account_id, concurrency)
             if active >= concurrency:
                 raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
-        if caller.metered and (await read(store, store.accounts.get, caller.account_id)).available < price:
+        if caller.metered and (await store.accounts.get_async(caller.account_id)).available < price:
             raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
     generation_id = uuid7()
     input_keys = await ingest_inputs(create, generation_id, caller.account_id, svc)
@@ -206,7 +206,7 @@ async def get_generation(request: Request) -> GenerationResponse:
     canonical_id = parse_uuid(request.path_params["generation_id"])
     summary = None
     if canonical_id is not None:
-        summary = await read(store, store.generations.summary, canonical_id, caller.account_id)
+        summary = await store.generations.summary_async(canonical_id, caller.account_id)
     if summary is None:
         raise ApiError(404, Detail.GENERATION_NOT_FOUND)
     return GenerationResponse(to_wire(summary, blobs, request))

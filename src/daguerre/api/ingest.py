@@ -95,7 +95,7 @@ async def _resolve(path: str, ref: ImageRef, account_id: str, services: Services
     store = services.store
     if ref.generation_id is not None:
         canonical = parse_uuid(ref.generation_id)
-        record = await run_in_threadpool(store.generations.get, canonical, account_id) if canonical else None
+        record = await store.generations.get_async(canonical, account_id) if canonical else None
         if record is None:
             raise ApiError(400, Detail.ref_generation_not_found(path))
         if record.state == State.COMPLETED and record.purged_at is not None:
@@ -105,7 +105,7 @@ async def _resolve(path: str, ref: ImageRef, account_id: str, services: Services
         return record.output_keys[0]
     if ref.file_id is not None:
         canonical = parse_uuid(ref.file_id)
-        file = await run_in_threadpool(store.files.get, canonical, account_id) if canonical else None
+        file = await store.files.get_async(canonical, account_id) if canonical else None
         if file is None or file.state == FileState.DELETED:
             raise ApiError(400, Detail.ref_file_not_found(path))
         if file.state != FileState.READY:

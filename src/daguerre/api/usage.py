@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from daguerre.api.deps import CallerDep, read, services
+from daguerre.api.deps import CallerDep, services
 from daguerre.api.files import JSONModelResponse
 from daguerre.api.openapi import AUTH_ERRORS, errors
 from daguerre.errors import ApiError
@@ -72,7 +72,7 @@ async def usage(
     if last - first > MAX_RANGE:
         raise ApiError(400, "to: the range may span at most 366 days")
     store = services(request).store
-    rows = await read(store, store.generations.usage, caller.account_id, first, last, group_by)
+    rows = await store.generations.usage_async(caller.account_id, first, last, group_by)
     groups: dict[str | None, UsageGroup] = {}
     total = UsageGroup(group=None, generations=UsageCounts(), spend_micro_usd=0)
     for key, state, count, spend in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -187,6 +188,12 @@ class AccountStore:
             raise AccountNotFound(id_or_name)
         return _account(row)
 
+    async def get_async(self, id_or_name: str) -> Account:
+        """`get` for an event loop: inline on a SQLite file, else in a thread (Database.reads_inline)."""
+        if self._db.reads_inline:
+            return self.get(id_or_name)
+        return await asyncio.to_thread(self.get, id_or_name)
+
     def all(self) -> list[Account]:
         with self._db.read() as conn:
             rows = conn.execute(sa.select(accounts).order_by(accounts.c.created_at)).all()
@@ -324,6 +331,12 @@ class AccountStore:
                 self._key_cache.clear()
             self._key_cache[key_hash] = (time.monotonic(), match)
         return match
+
+    async def find_key_async(self, key_hash: str) -> KeyMatch | None:
+        """`find_key` for an event loop: inline on a SQLite file, else in a thread (see `get_async`)."""
+        if self._db.reads_inline:
+            return self.find_key(key_hash)
+        return await asyncio.to_thread(self.find_key, key_hash)
 
     def _lookup_key(self, key_hash: str) -> KeyMatch | None:
         row = self._db.fetch_one(_FIND_KEY, {"key_hash": key_hash})

@@ -49,19 +49,17 @@ class Database:
         self.changes = ChangeSignal()
         """Counts this process's commits (see `watcher`)."""
         self._fast = FastSQLite(self.sqlite_file) if self.sqlite_file is not None else None
+        self.reads_inline = self._fast is not None
+        """True when a read costs microseconds and never waits on the network or on a lock (SQLite in
+        WAL mode on a local file): the stores' async read methods (`summary_async`...) then run it
+        on the caller's event loop, since a thread hand-off costs more than the query under load;
+        elsewhere they run it in a thread."""
         self._group = GroupCommitter(self.write)
         self._on_loop = (
             LoopCommitter(self._loop_connection, self._group, self.changes, self.sqlite_file)
             if self.sqlite_file is not None
             else None
         )
-
-    @property
-    def fast_reads(self) -> bool:
-        """True when a single-row read by key costs microseconds and never waits on the network or
-        on a lock (SQLite in WAL mode on a local file). An async caller may then run such reads
-        inline instead of paying for a thread hand-off."""
-        return self._fast is not None
 
     def fetch_one(
         self, query: sa.Select[Any], params: dict[str, Any], conn: Connection | None = None

@@ -7,6 +7,7 @@ repeated ingest cannot overwrite a decision.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -89,6 +90,12 @@ class FileStore:
     def get(self, file_id: str, account_id: str) -> FileRecord | None:
         row = self._db.fetch_one(_GET, {"file_id": file_id, "account_id": account_id})
         return None if row is None else _record(row)
+
+    async def get_async(self, file_id: str, account_id: str) -> FileRecord | None:
+        """`get` for an event loop: inline on a SQLite file, else in a thread (Database.reads_inline)."""
+        if self._db.reads_inline:
+            return self.get(file_id, account_id)
+        return await asyncio.to_thread(self.get, file_id, account_id)
 
     def page(
         self,

@@ -8,6 +8,7 @@ zero rows means someone else decided, and the worker drops its result.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
@@ -226,16 +227,34 @@ class GenerationStore:
         row = self._db.fetch_one(query, params)
         return None if row is None else _record(row)
 
+    async def get_async(self, generation_id: str, account_id: str | None = None) -> GenerationRecord | None:
+        """`get` for an event loop: inline on a SQLite file, else in a thread (Database.reads_inline)."""
+        if self._db.reads_inline:
+            return self.get(generation_id, account_id)
+        return await asyncio.to_thread(self.get, generation_id, account_id)
+
     def summary(self, generation_id: str, account_id: str) -> GenerationSummary | None:
         """What the API shows of the account's generation (a narrower, cheaper read than `get`:
         this is what every poll costs), or None when it is unknown or another account's."""
         row = self._db.fetch_one(_SUMMARY_OWNED, {"generation_id": generation_id, "account_id": account_id})
         return None if row is None else _summary(row)
 
+    async def summary_async(self, generation_id: str, account_id: str) -> GenerationSummary | None:
+        """`summary` for an event loop: inline on a SQLite file, else in a thread (see `get_async`)."""
+        if self._db.reads_inline:
+            return self.summary(generation_id, account_id)
+        return await asyncio.to_thread(self.summary, generation_id, account_id)
+
     def count_active(self, account_id: str, up_to: int) -> int:
         """Generations of the account not yet completed or failed (its concurrency slots), counted
         up to `up_to` (the limit they are compared with)."""
         return int(self._db.scalar(_COUNT_ACTIVE, {"account_id": account_id, "limit": up_to}))
+
+    async def count_active_async(self, account_id: str, up_to: int) -> int:
+        """`count_active` for an event loop: inline on a SQLite file, else in a thread (see `get_async`)."""
+        if self._db.reads_inline:
+            return self.count_active(account_id, up_to)
+        return await asyncio.to_thread(self.count_active, account_id, up_to)
 
     def usage(
         self, account_id: str, start: datetime, end: datetime, group_by: str
@@ -276,6 +295,14 @@ class GenerationStore:
             return [
                 (row.group, row.state, int(row.generations), int(row.spend)) for row in conn.execute(query)
             ]
+
+    async def usage_async(
+        self, account_id: str, start: datetime, end: datetime, group_by: str
+    ) -> list[tuple[str | None, str, int, int]]:
+        """`usage` for an event loop: inline on a SQLite file, else in a thread (see `get_async`)."""
+        if self._db.reads_inline:
+            return self.usage(account_id, start, end, group_by)
+        return await asyncio.to_thread(self.usage, account_id, start, end, group_by)
 
     # Worker side -----------------------------------------------------------------------------
 
