@@ -1,9 +1,10 @@
 """Generations: the rows that are both the API's resources and the workers' queue.
 
 Every state change is one guarded statement. A worker's claim gives it a fresh `lease_token` (the
-fencing token); renew, complete, fail and hand-back all require `state = 'processing' AND
-lease_token = :token`, so a worker whose lease lapsed (crashed, paused, or reaped) changes nothing:
-zero rows means someone else decided, and the worker drops its result.
+fencing token); renew, complete, fail and hand-back all go through `_transition`, whose UPDATE
+requires `state = 'processing' AND lease_token = :token`, so a worker whose lease lapsed (crashed,
+paused, or reaped) changes nothing: zero rows means someone else decided, and the worker drops its
+result.
 """
 
 from __future__ import annotations
@@ -362,67 +363,67 @@ class GenerationStore:
             row = conn.execute(statement).mappings().first()
         return None if row is None else _record(row)
 
-    def _guard(self, generation_id: str, token: str) -> sa.ColumnElement[bool]:
-        return sa.and_(g.c.id == generation_id, g.c.lease_token == token, g.c.state == State.PROCESSING.value)
-
     def renew(self, generation_id: str, token: str, lease_s: float) -> bool:
         """Extend the lease; False when the lease is lost (then the worker must stop)."""
-        with self._db.write() as conn:
-            result = conn.execute(
-                g.update()
-                .where(self._guard(generation_id, token))
-                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
-            )
-        return result.rowcount == 1
+        return self._transition(generation_id, token, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
 
     def complete(self, generation_id: str, token: str, output_keys: tuple[str, ...]) -> bool:
-        with self._db.write() as conn:
-            result = conn.execute(
-                g.update()
-                .where(self._guard(generation_id, token))
-                .values(
-                    state=State.COMPLETED.value,
-                    output_keys=list(output_keys),
-                    lease_token=None,
-                    lease_expires_at=None,
-                    finished_at=utcnow(),
-                )
-            )
-            if result.rowcount == 1:
-                money.settle(conn, generation_id, money.Settlement.CAPTURE)
-        return result.rowcount == 1
+        return self._transition(
+            generation_id,
+            token,
+            settle=money.Settlement.CAPTURE,
+            state=State.COMPLETED.value,
+            output_keys=list(output_keys),
+            lease_token=None,
+            lease_expires_at=None,
+            finished_at=utcnow(),
+        )
 
     def fail(self, generation_id: str, token: str, code: FailureCode, reason: str) -> bool:
         """Failed generations are refunded, except budget_exhausted, which is charged for the engine
         work already done: none, since it is decided when a worker claims the job."""
-        with self._db.write() as conn:
-            result = conn.execute(
-                g.update().where(self._guard(generation_id, token)).values(**_failed(code, reason))
-            )
-            if result.rowcount == 1:
-                if code == FailureCode.BUDGET_EXHAUSTED:
-                    money.settle(conn, generation_id, money.Settlement.CAPTURE, charge=0)
-                else:
-                    money.settle(conn, generation_id, money.Settlement.RELEASE)
-        return result.rowcount == 1
+        if code == FailureCode.BUDGET_EXHAUSTED:
+            settle, charge = money.Settlement.CAPTURE, 0
+        else:
+            settle, charge = money.Settlement.RELEASE, None
+        return self._transition(generation_id, token, settle=settle, charge=charge, **_failed(code, reason))
 
     def hand_back(self, generation_id: str, token: str, *, count_attempt: bool) -> bool:
         """Put a claimed job back in the queue. A shutdown hands back without using up an attempt;
         a transient failure counts as one."""
-        attempts = g.c.attempts if count_attempt else g.c.attempts - 1
+        return self._transition(
+            generation_id,
+            token,
+            state=State.QUEUED.value,
+            attempts=g.c.attempts if count_attempt else g.c.attempts - 1,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+
+    def _transition(
+        self,
+        generation_id: str,
+        token: str,
+        *,
+        settle: money.Settlement | None = None,
+        charge: int | None = None,
+        **values: Any,
+    ) -> bool:
+        """Set `values` on the generation while `token` holds its lease: one UPDATE guarded by
+        `id`, `lease_token` and `state = 'processing'`. When it changed the row, the generation's
+        hold is settled (`settle`, capturing `charge` or all of it) in the same transaction. False
+        when the lease is lost: nothing was changed."""
         with self._db.write() as conn:
             result = conn.execute(
                 g.update()
-                .where(self._guard(generation_id, token))
-                .values(
-                    state=State.QUEUED.value,
-                    attempts=attempts,
-                    lease_owner=None,
-                    lease_token=None,
-                    lease_expires_at=None,
-                )
+                .where(g.c.id == generation_id, g.c.lease_token == token, g.c.state == State.PROCESSING.value)
+                .values(**values)
             )
-        return result.rowcount == 1
+            changed = result.rowcount == 1
+            if changed and settle is not None:
+                money.settle(conn, generation_id, settle, charge=charge)
+        return changed
 
     def reap(self, active_job_ttl_s: float) -> list[Reaped]:
         """Fail jobs that can no longer finish: those whose lease lapsed with no attempt left (their
