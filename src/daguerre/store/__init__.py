@@ -1,7 +1,13 @@
-"""Metadata and the job queue, in SQL: SQLite by default, PostgreSQL for scale-out.
+"""Metadata and the job queue, in SQL (SQLite).
 
 store = open_store(settings.resolved_database_url)   # runs pending migrations
 store.accounts.find_key(...); store.generations.claim(...)
+await store.generations.summary_async(...)           # from an event loop: the store picks the thread
+
+db.py is the database handle; commits.py, sqlite_commits.py, sqlite_fast.py and changes.py hold
+what runs behind it (group commit, the event loop's commits and the checkpoint thread, the
+precompiled statements, change notification); accounts.py, generations.py and files.py the
+statements themselves.
 """
 
 from __future__ import annotations

@@ -201,7 +201,7 @@ class GenerationStore:
         db = self._db
 
         def insert(conn: Connection) -> T | Refusal:
-            money.lock_account(conn, new.account_id)
+            # The write transaction holds SQLite's write lock: no other create counts or holds at once.
             if new.concurrency_limit is not None:
                 active = db.scalar(
                     _COUNT_ACTIVE, {"account_id": new.account_id, "limit": new.concurrency_limit}, conn
@@ -262,12 +262,9 @@ class GenerationStore:
     ) -> list[tuple[str | None, str, int, int]]:
         """(group, state, generations, captured micro-dollars) for the account's generations
         created in [start, end), grouped by `model`, `user_id` or `day` (UTC)."""
+        key: sa.ColumnElement[Any]
         if group_by == "day":
-            key: sa.ColumnElement[Any] = (
-                sa.func.strftime("%Y-%m-%d", g.c.created_at)
-                if self._db.is_sqlite
-                else sa.func.to_char(g.c.created_at, "YYYY-MM-DD")
-            )
+            key = sa.func.strftime("%Y-%m-%d", g.c.created_at)
         else:
             key = g.c.model if group_by == "model" else g.c.user_id
         captured = ledger.alias("captured")
@@ -343,8 +340,6 @@ class GenerationStore:
             .order_by(g.c.priority.desc(), sa.func.coalesce(live.c.n, 0), g.c.created_at)
             .limit(1)
         )
-        if not self._db.is_sqlite:
-            candidate = candidate.with_for_update(of=g, skip_locked=True)
         token = str(uuid.uuid4())
         statement = (
             g.update()

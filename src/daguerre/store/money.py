@@ -23,12 +23,6 @@ class Settlement(StrEnum):
     RELEASE = "release"
 
 
-def lock_account(conn: Connection, account_id: str) -> None:
-    """Serialise writers per account (PostgreSQL row lock; SQLite already holds its write lock)."""
-    if conn.dialect.name != "sqlite":
-        conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
-
-
 def hold(conn: Connection, account_id: str, amount: int) -> bool:
     """Hold `amount` on the account if its balance covers it (and everything already held)."""
     result = conn.execute(

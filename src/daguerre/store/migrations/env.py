@@ -26,9 +26,6 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
         with context.begin_transaction():
-            if connection.dialect.name == "postgresql":
-                # Serialise concurrent upgrades (several API processes and workers starting at once).
-                connection.execute(sa.text("SELECT pg_advisory_xact_lock(7260011)"))
             context.run_migrations()
     engine.dispose()
 
