@@ -114,3 +114,13 @@ def shape_classifier(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[
     from daguerre.engine.builtin.evaluate import ShapeClassifier
 
     return ShapeClassifier.train()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL 15 server for the whole run (started on first use); tests take a fresh
+    database on it with support.postgres.fresh_database."""
+    from support.postgres import postgres_server
+
+    with postgres_server(tmp_path_factory.mktemp("postgres")) as url:
+        yield url

@@ -1,17 +1,28 @@
-"""Alembic migrations: the newest revision builds exactly the schema the code declares."""
+"""Alembic migrations, on SQLite and PostgreSQL: the newest revision builds exactly the schema the
+code declares, and every revision goes down and up again."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from daguerre.store.migrate import downgrade, upgrade
 from daguerre.store.schema import metadata
+from support.postgres import fresh_database
 
 
-def test_upgrade_head_matches_the_declared_schema(tmp_path):
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """An empty database of each kind: a SQLite file, a fresh database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'm.db'}"
+    return fresh_database(request.getfixturevalue("postgres_url"))
+
+
+def test_upgrade_head_matches_the_declared_schema(database_url):
+    url = database_url
     upgrade(url)
     engine = sa.create_engine(url)
     with engine.connect() as conn:
@@ -20,8 +31,8 @@ def test_upgrade_head_matches_the_declared_schema(tmp_path):
     assert diff == []
 
 
-def test_downgrade_to_base_and_up_again(tmp_path):
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+def test_downgrade_to_base_and_up_again(database_url):
+    url = database_url
     upgrade(url)
     downgrade(url, "base")
     engine = sa.create_engine(url)
