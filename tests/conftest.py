@@ -1,9 +1,11 @@
 """Shared fixtures: a temporary data directory with the real SQLite store and local blobs, the app
-in-process, keys, workers, a tiny diffusers pipeline built offline, and a live `daguerre serve`."""
+in-process, keys, workers, a tiny diffusers pipeline built offline, a live `daguerre serve`, and a
+real S3 service (SeaweedFS) with an S3 blob store on it."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,19 +13,24 @@ import pytest
 from fastapi.testclient import TestClient
 
 from daguerre.api import create_app
-from daguerre.blobs import LocalBlobStore, open_blob_store
+from daguerre.blobs import LocalBlobStore, S3BlobStore, open_blob_store
 from daguerre.settings import Settings
 from daguerre.store import Store, open_store
 from daguerre.worker import Worker
 from support.helpers import Key, make_key, make_worker, scripted_models
+from support.seaweed import REGION, SeaweedFS
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests see none of the developer's DAGUERRE_* / LUMA_* settings, and never reach the Hub."""
+    """Tests see none of the developer's DAGUERRE_* / LUMA_* / AWS_* settings (nor AWS config
+    files), and never reach the Hub or a cloud's metadata service."""
     for name in list(os.environ):
-        if name.startswith(("DAGUERRE_", "LUMA_")):
+        if name.startswith(("DAGUERRE_", "LUMA_", "AWS_")):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("DAGUERRE_MODERATION", "0")  # see the settings fixture; moderation tests turn it on
 
@@ -57,7 +64,9 @@ def store(settings: Settings) -> Iterator[Store]:
 
 @pytest.fixture
 def blobs(settings: Settings) -> LocalBlobStore:
-    return open_blob_store(settings)
+    blobs = open_blob_store(settings)
+    assert isinstance(blobs, LocalBlobStore)
+    return blobs
 
 
 @pytest.fixture
@@ -79,6 +88,31 @@ def auth(key: Key) -> dict[str, str]:
 @pytest.fixture
 def worker(settings: Settings, store: Store, blobs: LocalBlobStore) -> Worker:
     return make_worker(settings, store, blobs)
+
+
+# A real S3 service, started once per test run (about a second) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    server = SeaweedFS.start(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_blobs(seaweedfs: SeaweedFS) -> S3BlobStore:
+    """An S3 store in the SeaweedFS bucket, under a key prefix of its own: tests share the bucket
+    but never see each other's blobs."""
+    return S3BlobStore(
+        seaweedfs.bucket,
+        f"test-{uuid.uuid4().hex[:12]}/",
+        endpoint_url=seaweedfs.endpoint,
+        region_name=REGION,
+        credentials=seaweedfs.credentials,
+    )
 
 
 # A tiny Stable Diffusion pipeline, built once per test run, loaded through the real adapter ------

@@ -148,13 +148,15 @@ def _settings(config: Path | None, **values: Any) -> Settings:
 
 @contextmanager
 def _startup_errors() -> Iterator[None]:
-    """A bad models file or missing moderation packages: one clear line and exit status 2."""
+    """A bad models file, missing moderation packages or an unusable blob store: one clear line
+    and exit status 2."""
+    from daguerre.blobs.base import BlobStoreUnavailable
     from daguerre.engine.config import ModelsConfigError
     from daguerre.moderation import ModerationUnavailable
 
     try:
         yield
-    except (ModelsConfigError, ModerationUnavailable) as exc:
+    except (ModelsConfigError, ModerationUnavailable, BlobStoreUnavailable) as exc:
         _fail(USAGE, str(exc))
 
 
@@ -340,9 +342,9 @@ def serve(
     from daguerre.worker import WorkerPool
 
     store = _open_store(settings, create=True)
-    blobs = open_blob_store(settings)
     _first_run(settings, store)
     with _startup_errors():
+        blobs = open_blob_store(settings)
         pool = WorkerPool(settings, store, blobs, settings.workers)
         app = create_app(settings, store, blobs)
     server = _server(
@@ -723,7 +725,9 @@ def gc_command(
 
     store = _open_store(settings)
     try:
-        report = Sweeper(settings, store, open_blob_store(settings)).sweep(dry_run=dry_run)
+        with _startup_errors():
+            blobs = open_blob_store(settings)
+        report = Sweeper(settings, store, blobs).sweep(dry_run=dry_run)
     finally:
         store.close()
     assert report is not None  # a new Sweeper is never busy

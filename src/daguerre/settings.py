@@ -8,11 +8,14 @@ config file (TOML), defaults. The config file is `--config FILE`, else `$DAGUERR
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,7 +56,16 @@ class Settings(BaseSettings):
     Set it when API and workers run on different hosts with a shared blob directory."""
     public_url: str | None = None
     """Base URL clients use to reach this server (for presigned blob URLs); default: the URL
-    of the request being answered."""
+    of the request being answered. Local blob store only."""
+    blob_url: str | None = None
+    """Where blobs live. Unset, or `file:///PATH`: the local store (in blob_dir, or PATH), whose
+    URLs daguerre serves and checks. `s3://BUCKET[/PREFIX]`: any S3-compatible object store,
+    endpoint, region and credentials from the standard AWS variables and config
+    (AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_ACCESS_KEY_ID, ...); clients talk to it directly."""
+    blob_addressing_style: Literal["auto", "path", "virtual"] | None = None
+    """S3 only: `path` (ENDPOINT/BUCKET/KEY), `virtual` (BUCKET.ENDPOINT/KEY) or `auto` (boto3's
+    choice) URLs; default: the AWS config's `s3.addressing_style`, else path style when an
+    endpoint URL is configured and virtual-hosted at the region's host on AWS."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -159,6 +171,25 @@ class Settings(BaseSettings):
             raise ValueError(f"no price for {', '.join(missing)}")
         return value
 
+    @field_validator("blob_url")
+    @classmethod
+    def _known_blob_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if value.lower().startswith("s3:"):
+            parse_s3_url(value)
+        else:
+            _file_url_path(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_blob_directory(self) -> Settings:
+        path = _file_url_path(self.blob_url) if self.blob_url else None
+        if path is not None and self.blob_dir is not None and path != self.blob_dir:
+            raise ValueError(f"blob_dir ({self.blob_dir}) and blob_url ({self.blob_url}) name two places")
+        return self
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -210,11 +241,78 @@ class Settings(BaseSettings):
 
     @property
     def resolved_blob_dir(self) -> Path:
-        return self.blob_dir or self.data_dir / "blobs"
+        """The local blob store's directory (unused with an S3 blob_url)."""
+        from_url = _file_url_path(self.blob_url) if self.blob_url else None
+        return self.blob_dir or from_url or self.data_dir / "blobs"
+
+    @property
+    def s3_location(self) -> S3Location | None:
+        """The bucket and key prefix of an `s3://` blob_url; None: blobs are on local disk."""
+        if self.blob_url is None or not self.blob_url.lower().startswith("s3:"):
+            return None
+        return parse_s3_url(self.blob_url)
 
     @property
     def first_key_file(self) -> Path:
         return self.data_dir / "api-key"
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str
+    """Put before every key: empty, or ending with `/`."""
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
+"""S3's "safe characters" for keys."""
+_BLOB_URL_FORMS = "s3://BUCKET[/PREFIX] or file:///PATH"
+
+
+def parse_s3_url(url: str) -> S3Location:
+    """`s3://BUCKET[/PREFIX]` as a bucket and a prefix; ValueError saying what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not url.startswith("s3://"):
+        raise ValueError(f"must be {_BLOB_URL_FORMS}, got {url!r}")
+    if "@" in parts.netloc:
+        raise ValueError(
+            "credentials do not belong in blob_url: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError(f"s3:// URLs take no query or fragment, got {url!r}")
+    if ":" in parts.netloc:
+        raise ValueError(
+            f"the part after s3:// is the bucket, not a host (set the endpoint in AWS_ENDPOINT_URL_S3), "
+            f"got {parts.netloc!r}"
+        )
+    bucket = parts.netloc
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ValueError(
+            f"bucket name {bucket!r} is not valid: 3 to 63 lower-case letters, digits, dots and hyphens, "
+            "starting and ending with a letter or digit"
+        )
+    path = parts.path.strip("/")
+    segments = path.split("/") if path else []
+    if not _PREFIX.fullmatch(path) or any(segment in ("", ".", "..") for segment in segments):
+        raise ValueError(
+            f"key prefix {parts.path!r} is not valid: segments of letters, digits and !_.*'()- "
+            "separated by single slashes"
+        )
+    return S3Location(bucket, path + "/" if path else "")
+
+
+def _file_url_path(url: str | None) -> Path | None:
+    """The directory of a `file:///PATH` blob_url (None for `file://`); ValueError when malformed."""
+    if url is None or url.lower().startswith("s3:"):
+        return None
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        raise ValueError(f"must be {_BLOB_URL_FORMS}, got {url!r}")
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+        raise ValueError(f"file URLs name a local directory, as file:///PATH, got {url!r}")
+    path = unquote(parts.path)
+    return Path(path) if path.strip("/") else None
 
 
 def write_private_file(path: Path, text: str) -> bool:

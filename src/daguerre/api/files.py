@@ -139,7 +139,11 @@ async def create_file(request: Request, caller: CallerDep, background: Backgroun
     upload = PresignedUpload(
         expires_at=format_timestamp(expires),
         url=svc.blobs.presign_put(
-            upload_key(record.id), OUTPUT_URL_TTL_S, record.mime_type, base_url(request)
+            upload_key(record.id),
+            OUTPUT_URL_TTL_S,
+            record.mime_type,
+            base_url(request),
+            content_length=record.size_bytes,  # S3 then refuses any other size
         ),
         headers={"Content-Type": record.mime_type},
     )

@@ -1,8 +1,9 @@
 """The blob store port: images in and out, addressed by key, handed to clients as presigned URLs.
 
 Two implementations share this interface: `LocalBlobStore` (files under a directory; daguerre
-itself serves and checks the presigned URLs) and an S3 store for any S3-compatible service. Both
-mint S3 SigV4 query-string URLs, so clients see one URL shape and one expiry rule.
+itself serves and checks the presigned URLs) and `S3BlobStore` for any S3-compatible service (the
+service checks the URLs boto3 mints). Both mint S3 SigV4 query-string URLs, so clients see one URL
+shape and one expiry rule. Failures of the storage itself (a disk, the S3 service) are OSErrors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from typing import NamedTuple, Protocol
 
 class BlobNotFound(LookupError):
     """No blob under that key."""
+
+
+class BlobStoreError(OSError):
+    """The blob service failed: an error answer, or no answer after the retries."""
+
+
+class BlobStoreUnavailable(RuntimeError):
+    """The configured blob store cannot be used at all (a missing package, no credentials)."""
 
 
 class BlobInfo(NamedTuple):
@@ -61,6 +70,19 @@ class BlobStore(Protocol):
         """
         ...
 
-    def presign_put(self, key: str, ttl_s: int, content_type: str, base_url: str | None = None) -> str:
-        """A SigV4 URL that PUTs the blob (with exactly this Content-Type) until `ttl_s` from now."""
+    def presign_put(
+        self,
+        key: str,
+        ttl_s: int,
+        content_type: str,
+        base_url: str | None = None,
+        *,
+        content_length: int | None = None,
+    ) -> str:
+        """A SigV4 URL that PUTs the blob (with exactly this Content-Type) until `ttl_s` from now.
+
+        With `content_length`, a store whose service checks the URLs itself signs that too, so no
+        other size can be sent (S3); the local store caps every upload at the 50 MB input limit
+        instead, and ingest compares the size with the declared one either way.
+        """
         ...

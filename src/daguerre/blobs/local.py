@@ -129,7 +129,16 @@ class LocalBlobStore:
             credentials=self.credentials,
         )
 
-    def presign_put(self, key: str, ttl_s: int, content_type: str, base_url: str | None = None) -> str:
+    def presign_put(
+        self,
+        key: str,
+        ttl_s: int,
+        content_type: str,
+        base_url: str | None = None,
+        *,
+        content_length: int | None = None,
+    ) -> str:
+        """`content_length` is not signed: the PUT route caps every upload at 50 MB itself."""
         return presign(
             method="PUT",
             endpoint=self._endpoint(base_url),
