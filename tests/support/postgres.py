@@ -55,7 +55,9 @@ def postgres_server(directory: Path) -> Iterator[str]:
     )
     pg_ctl = _binary("pg_ctl")
     subprocess.run(
-        _as_server_user([pg_ctl, "-D", str(data), "-l", str(directory / "log"), "-w", "-o", options, "start"]),
+        _as_server_user(
+            [pg_ctl, "-D", str(data), "-l", str(directory / "log"), "-w", "-o", options, "start"]
+        ),
         check=True,
         capture_output=True,
     )
