@@ -59,6 +59,19 @@ class HeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+class _TrackedSend:
+    """`send`, noting whether the response has started (after which no other answer can be sent)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
 class InternalErrorMiddleware:
     """Answers any exception no handler took with 500 `Internal server error`, logged with the
     request id, and leaves the connection usable.
@@ -76,16 +89,9 @@ class InternalErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except ClientDisconnect:
             log.info("client went away during %s %s", scope["method"], scope["path"])
         except Exception:
@@ -95,9 +101,9 @@ class InternalErrorMiddleware:
                 scope["method"],
                 scope["path"],
                 request_id,
-                "; the response had already started" if started else "",
+                "; the response had already started" if tracked.started else "",
             )
-            if not started:
+            if not tracked.started:
                 await _send_json(send, 500, Detail.INTERNAL)
 
 
@@ -129,7 +135,6 @@ class BodySizeLimitMiddleware:
                 break
 
         received = 0
-        response_started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -140,16 +145,11 @@ class BodySizeLimitMiddleware:
                     raise _BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
         except _BodyTooLarge:
-            if not response_started:
+            if not tracked.started:
                 await _send_413(send)
 
 
