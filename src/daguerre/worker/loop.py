@@ -14,23 +14,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from daguerre.blobs import BlobNotFound, BlobStore
-from daguerre.engine import EngineJob, ModelRegistry, seed_for, set_engine_threads
+from daguerre.blobs import BlobStore
+from daguerre.engine import ModelRegistry, StepHook, set_engine_threads
 from daguerre.errors import Cancelled, JobFailure, LeaseLost, Transient
-from daguerre.media import OUTPUT_EXTENSIONS, OUTPUT_MEDIA_TYPES, encode_image, load_input
 from daguerre.moderation import Moderator
 from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.store.generations import GenerationRecord
-from daguerre.store.schema import output_key
-from daguerre.wire import FailureCode, GenerationType, Reason, State
+from daguerre.wire import FailureCode, State
 from daguerre.worker.lease import Lease
+from daguerre.worker.stages import StageContext, finalize, generate, prepare
 from daguerre.worker.threads import ThreadBudget
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -120,39 +115,42 @@ class Worker:
         self.running = Running(record.id, token)
         self._stop_at = None
         generations = self.store.generations
+        lease = Lease(generations, record.id, token, self.settings.lease_s)
+        stages = StageContext(self.settings, self.blobs, self.moderator, self.store, self.registry)
         try:
-            with Lease(generations, record.id, token, self.settings.lease_s) as lease:
-                try:
-                    output_keys = self._process(record, lease, stop)
-                except (LeaseLost, Cancelled) as exc:
-                    if lease.lost.is_set() or isinstance(exc, LeaseLost):
-                        log.warning("%s: dropped %s, its lease is lost", self.worker_id, record.id)
-                        return Outcome(record.id, None)
-                    handed_back = generations.hand_back(record.id, token, count_attempt=False)
-                    log.info("%s: handed %s back to the queue (shutting down)", self.worker_id, record.id)
-                    return Outcome(record.id, State.QUEUED if handed_back else None)
-                except Transient as failure:
-                    if record.attempts < record.max_attempts:
-                        generations.hand_back(record.id, token, count_attempt=True)
-                        log.warning("%s: %s will be retried: %s", self.worker_id, record.id, failure.reason)
-                        return Outcome(record.id, State.QUEUED)
-                    return self._fail(record, token, failure)
-                except JobFailure as failure:
-                    return self._fail(record, token, failure)
-                except Exception:
-                    log.exception("%s: generation %s raised", self.worker_id, record.id)
-                    return self._fail(record, token, JobFailure(FailureCode.GENERATION_FAILED))
-            if not generations.complete(record.id, token, output_keys):
-                for key in output_keys:
-                    self.blobs.delete(key)
-                log.warning(
-                    "%s: %s finished after its lease was lost; result dropped", self.worker_id, record.id
-                )
+            with lease:
+                prepared = prepare(stages, record, token)
+                if self.threads is not None:
+                    set_engine_threads(self.threads.threads())
+                generated = generate(stages, prepared, self._step_hook(record.id, lease, stop))
+                if lease.lost.is_set():
+                    raise LeaseLost(record.id)
+            completed = finalize(stages, prepared.request, generated)
+        except (LeaseLost, Cancelled) as exc:
+            if lease.lost.is_set() or isinstance(exc, LeaseLost):
+                log.warning("%s: dropped %s, its lease is lost", self.worker_id, record.id)
                 return Outcome(record.id, None)
-            log.info("%s completed %s", self.worker_id, record.id)
-            return Outcome(record.id, State.COMPLETED)
+            handed_back = generations.hand_back(record.id, token, count_attempt=False)
+            log.info("%s: handed %s back to the queue (shutting down)", self.worker_id, record.id)
+            return Outcome(record.id, State.QUEUED if handed_back else None)
+        except Transient as failure:
+            if record.attempts < record.max_attempts:
+                generations.hand_back(record.id, token, count_attempt=True)
+                log.warning("%s: %s will be retried: %s", self.worker_id, record.id, failure.reason)
+                return Outcome(record.id, State.QUEUED)
+            return self._fail(record, token, failure)
+        except JobFailure as failure:
+            return self._fail(record, token, failure)
+        except Exception:
+            log.exception("%s: generation %s raised", self.worker_id, record.id)
+            return self._fail(record, token, JobFailure(FailureCode.GENERATION_FAILED))
         finally:
             self.running = None
+        if not completed:
+            log.warning("%s: %s finished after its lease was lost; result dropped", self.worker_id, record.id)
+            return Outcome(record.id, None)
+        log.info("%s completed %s", self.worker_id, record.id)
+        return Outcome(record.id, State.COMPLETED)
 
     def _fail(self, record: GenerationRecord, token: str, failure: JobFailure) -> Outcome:
         if self.store.generations.fail(record.id, token, failure.code, failure.reason):
@@ -162,59 +160,18 @@ class Worker:
 
     # One job -----------------------------------------------------------------------------------
 
-    def _process(
-        self, record: GenerationRecord, lease: Lease, stop: threading.Event | None
-    ) -> tuple[str, ...]:
-        if record.price > 0 and not self.store.accounts.within_spend_cap(record.account_id, record.price):
-            raise JobFailure(FailureCode.BUDGET_EXHAUSTED)
-        if self.moderator.check_text(record.request.prompt, "prompt", record.id) is not None:
-            raise JobFailure(FailureCode.CONTENT_MODERATED, Reason.INPUT_MODERATED)
-        inputs = [self._load_input(key) for key in record.input_keys]
-        if any(self.moderator.check_image(image, "inputs", record.id) is not None for image in inputs):
-            raise JobFailure(FailureCode.CONTENT_MODERATED, Reason.INPUT_MODERATED)
-        is_edit = record.type == GenerationType.IMAGE_EDIT
-        job = EngineJob(
-            id=record.id,
-            model=record.model,
-            type=record.type,
-            prompt=record.request.prompt,
-            aspect_ratio=record.aspect_ratio,
-            style=record.request.style or "auto",
-            source=inputs[0] if is_edit and inputs else None,
-            references=tuple(inputs[1:] if is_edit else inputs),
-            seed=seed_for(record.id),
-        )
-        engine = self.registry.engine(record.model)
-        if self.threads is not None:
-            set_engine_threads(self.threads.threads())
+    def _step_hook(self, generation_id: str, lease: Lease, stop: threading.Event | None) -> StepHook:
+        """Stops the engine at its next step when the lease is lost, or when the worker is shutting
+        down and the grace time has run out."""
 
         def on_step(step: int, total: int) -> None:
             if lease.lost.is_set():
-                raise LeaseLost(record.id)
+                raise LeaseLost(generation_id)
             if stop is not None and stop.is_set():
                 if self._stop_at is None:
                     self._stop_at = time.monotonic() + self.settings.shutdown_grace_s
                 if time.monotonic() >= self._stop_at:
-                    raise Cancelled(record.id)
-            log.debug("%s: step %d/%d", record.id, step, total)
+                    raise Cancelled(generation_id)
+            log.debug("%s: step %d/%d", generation_id, step, total)
 
-        image = engine.generate(job, on_step)
-        if self.moderator.check_image(image, "output", record.id) is not None:  # never stored, never served
-            raise JobFailure(FailureCode.CONTENT_MODERATED, Reason.OUTPUT_MODERATED)
-        data = encode_image(image, record.output_format)
-        if lease.lost.is_set():
-            raise LeaseLost(record.id)
-        key = output_key(record.id, lease.token, 0, OUTPUT_EXTENSIONS[record.output_format])
-        try:
-            self.blobs.put(key, data, OUTPUT_MEDIA_TYPES[record.output_format])
-        except OSError as exc:
-            log.error("writing the output of %s failed: %s", record.id, exc)
-            raise JobFailure(FailureCode.OUTPUT_NOT_FOUND) from exc
-        return (key,)
-
-    def _load_input(self, key: str) -> Image.Image:
-        try:
-            data = self.blobs.get(key)
-        except BlobNotFound:
-            raise JobFailure(FailureCode.INVALID_REQUEST, "An input image of this request is gone") from None
-        return load_input(data, self.settings.max_input_pixels, self.settings.max_input_aspect_ratio)
+        return on_step
