@@ -331,9 +331,13 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="In-process workers.", show_default="1")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run the API with N in-process workers on the embedded defaults (SQLite, local blobs)."""
+    """Run the API with N in-process workers on the embedded defaults (SQLite, local blobs).
+
+    With execution = "temporal": the API, and unless --workers 0 one in-process Temporal worker (as
+    `daguerre worker` runs)."""
     settings = _settings(config, host=host, port=port, data_dir=data_dir, models_file=models, workers=workers)
-    _choose_wait_policy(settings, settings.workers)
+    temporal = settings.execution == "temporal"
+    _choose_wait_policy(settings, 0 if temporal else settings.workers)
     import uvicorn
 
     from daguerre.api import create_app
@@ -345,7 +349,8 @@ def serve(
     _first_run(settings, store)
     with _startup_errors():
         blobs = open_blob_store(settings)
-        pool = WorkerPool(settings, store, blobs, settings.workers)
+        pool = WorkerPool(settings, store, blobs, 0 if temporal else settings.workers)
+        runner = _temporal_runner(settings, store, blobs) if temporal and settings.workers > 0 else None
         app = create_app(settings, store, blobs)
     server = _server(
         uvicorn.Config(
@@ -361,11 +366,22 @@ def serve(
         on_exit=pool.request_stop,
     )
     pool.start()
+    if runner is not None:
+        runner.start()
     try:
         server.run()
     finally:
         pool.stop()
+        if runner is not None:
+            runner.stop()
         store.close()
+
+
+def _temporal_runner(settings: Settings, store: Store, blobs: Any) -> Any:
+    """`daguerre serve`'s in-process Temporal worker: every activity, every model."""
+    from daguerre.worker.temporal import RunnerThread, TemporalRunner
+
+    return RunnerThread(TemporalRunner(settings, store, blobs))
 
 
 def _choose_wait_policy(settings: Settings, workers: int) -> None:
@@ -389,12 +405,40 @@ def _server(config: Any, on_exit: Callable[[], None]) -> Any:
 
 
 @app.command()
-def worker(data_dir: DataDirOpt = None, models: ModelsOpt = None, config: ConfigOpt = None) -> None:
+def worker(
+    data_dir: DataDirOpt = None,
+    models: ModelsOpt = None,
+    config: ConfigOpt = None,
+    engine_only: Annotated[
+        bool,
+        typer.Option(
+            "--engine-only",
+            help="Run only the engine (the generate activity): needs Temporal and the blob store, "
+            "no database. execution = temporal only.",
+        ),
+    ] = False,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="Serve only this model's engine queue (repeatable; default: every model in the "
+            "models file). execution = temporal only.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Run one worker process against the same store and blobs as the API.
 
     SIGTERM or Ctrl-C: stop claiming, finish the running job within the grace time, or hand it back.
+    With execution = "temporal": a Temporal worker for the main queue and the engine queue of each
+    model (--engine-only: the engine queues alone, without the database).
     """
     settings = _settings(config, data_dir=data_dir, models_file=models)
+    if settings.execution == "temporal":
+        _temporal_worker(settings, engine_only=engine_only, models=model)
+        return
+    if engine_only or model:
+        _fail(USAGE, '--engine-only and --model need execution = "temporal"')
     _choose_wait_policy(settings, 1)
     from daguerre.blobs import open_blob_store
     from daguerre.worker import WorkerPool
@@ -414,6 +458,39 @@ def worker(data_dir: DataDirOpt = None, models: ModelsOpt = None, config: Config
         pass
     pool.stop()
     store.close()
+
+
+def _temporal_worker(settings: Settings, *, engine_only: bool, models: list[str] | None) -> None:
+    import asyncio
+
+    from daguerre.blobs import open_blob_store
+    from daguerre.worker.temporal import TemporalRunner
+
+    _choose_wait_policy(settings, 1)
+    store = None if engine_only else _open_store(settings, create=True)  # engine-only: no database
+    try:
+        with _startup_errors():
+            try:
+                runner = TemporalRunner(
+                    settings, store, open_blob_store(settings), models=models, engine_only=engine_only
+                )
+            except ValueError as exc:
+                _fail(USAGE, str(exc))
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await runner.run(stop)
+
+        try:
+            asyncio.run(run())
+        except RuntimeError as exc:  # Temporal unreachable at start, say
+            _fail(STATE, f"cannot run the Temporal worker at {settings.temporal_address}: {exc}")
+    finally:
+        if store is not None:
+            store.close()
 
 
 @app.command()

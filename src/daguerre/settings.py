@@ -160,6 +160,17 @@ class Settings(BaseSettings):
     (one sweep per interval across all processes that share the blobs); 0: never (`daguerre gc`)."""
     gc_grace_s: float = Field(default=3600.0, ge=60)
     """Blobs younger than this are never deleted as orphans."""
+    execution: Literal["embedded", "temporal"] = "embedded"
+    """Who runs the generations: `embedded`, the generations table as a queue claimed by daguerre's
+    own workers; `temporal`, one Temporal workflow per generation (see docs/operations.md)."""
+    temporal_address: str = "127.0.0.1:7233"
+    """The Temporal frontend, host:port (execution = "temporal")."""
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "daguerre"
+    """Task-queue prefix: workflows, prepare and finalize run on `<prefix>`, the engine of each model
+    on `<prefix>.engine.<model>`."""
+    temporal_heartbeat_timeout_s: float = Field(default=5.0, gt=0)
+    """A generate activity not heard from for this long is re-run elsewhere (its worker died)."""
     worker_id: str | None = None
     log_level: str = "info"
 

@@ -13,7 +13,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import fastapi.routing
@@ -31,6 +31,7 @@ from daguerre.api import files, generations, openapi, usage
 from daguerre.api.deps import Services
 from daguerre.api.files import maintain_files
 from daguerre.api.middleware import BodySizeLimitMiddleware, HeadersMiddleware, InternalErrorMiddleware
+from daguerre.api.relay import relay
 from daguerre.blobs import BlobStore, LocalBlobStore
 from daguerre.errors import ApiError
 from daguerre.settings import Settings
@@ -56,10 +57,16 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         thresholds = _settle_garbage_collector()
         task = asyncio.create_task(_file_maintenance(svc))
+        relay_task = asyncio.create_task(relay(svc)) if svc.dispatcher.outbox else None
         try:
             yield
         finally:
             task.cancel()
+            if relay_task is not None:
+                relay_task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await relay_task
+            await svc.dispatcher.close()
             await svc.limiter.close()
             gc.unfreeze()
             gc.set_threshold(*thresholds)

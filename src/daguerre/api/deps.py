@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 
 from daguerre.api.ratelimit import RequestRateLimiter
 from daguerre.blobs import BlobStore
+from daguerre.dispatch import Dispatcher, open_dispatcher
 from daguerre.errors import ApiError
 from daguerre.fetch import UrlPolicy
 from daguerre.moderation import Moderator
@@ -44,6 +45,8 @@ class Services:
     url_policy: UrlPolicy
     limiter: RequestRateLimiter
     moderator: Moderator
+    dispatcher: Dispatcher
+    """Hands committed generations to the executor (dispatch: embedded table queue or Temporal)."""
 
     @classmethod
     def build(cls, settings: Settings, store: Store, blobs: BlobStore) -> Services:
@@ -62,6 +65,7 @@ class Services:
             url_policy=policy,
             limiter=limiter,
             moderator=Moderator.from_settings(settings),
+            dispatcher=open_dispatcher(settings),
         )
 
 

@@ -1,8 +1,10 @@
 """POST /v1/generations and GET /v1/generations/{id}.
 
 The POST validates, stores the input images, and inserts the generation in one transaction; it
-returns at once with the Generation in `queued`. Workers pick it up from the store. Once the row is
-committed the handler must not answer 5xx: the SDK would retry and create a duplicate.
+returns at once with the Generation in `queued`. Workers pick it up from the store (embedded), or,
+with execution = "temporal", the row is also put in the outbox and its workflow is started after
+the commit (api.relay). Once the row is committed the handler must not answer 5xx: the SDK would
+retry and create a duplicate.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from daguerre import pricing
 from daguerre.api.deps import RequestRoute, authenticate, base_url, json_body, services
 from daguerre.api.ingest import ingest_inputs
 from daguerre.api.openapi import RATE_LIMIT_HEADERS, RETRY_AFTER_HEADER
+from daguerre.api.relay import dispatch_committed
 from daguerre.blobs import BlobStore
+from daguerre.dispatch import Dispatch
 from daguerre.errors import ApiError
 from daguerre.sizing import pick_aspect_ratio
 from daguerre.store.accounts import applied_limit
@@ -152,6 +156,7 @@ async def create_generation(request: Request) -> GenerationResponse:
             price=price,
             metered=caller.metered,
             concurrency_limit=concurrency,
+            outbox=svc.dispatcher.outbox,
         )
     )
     if isinstance(outcome, Refusal):
@@ -160,6 +165,8 @@ async def create_generation(request: Request) -> GenerationResponse:
         if outcome == Refusal.CONCURRENCY:
             raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
         raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
+    if svc.dispatcher.outbox:  # committed: start its workflow now (the relay retries a failure)
+        await dispatch_committed(svc, Dispatch(generation_id, caller.account_id, create.model))
     headers = decision.headers() if decision is not None else None
     return GenerationResponse(to_wire(outcome, blobs, request), status_code=201, headers=headers)
 

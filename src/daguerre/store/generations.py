@@ -92,6 +92,8 @@ class NewGeneration:
     metered: bool = False
     concurrency_limit: int | None = None
     """Refuse the create when the account already has this many generations not yet terminal."""
+    outbox: bool = False
+    """Put the row in the outbox (`outbox_at`) in the same transaction (execution = "temporal")."""
 
 
 class Refusal(StrEnum):
@@ -197,6 +199,8 @@ class GenerationStore:
             "price": new.price,
             "created_at": utcnow(),
         }
+        if new.outbox:  # embedded creates write nothing more (the column stays NULL)
+            values["outbox_at"] = values["created_at"]
 
         db = self._db
 
@@ -357,6 +361,50 @@ class GenerationStore:
         with self._db.write() as conn:
             row = conn.execute(statement).mappings().first()
         return None if row is None else _record(row)
+
+    def start(self, generation_id: str, owner: str, lease_s: float) -> GenerationRecord | None:
+        """Take the generation for a run that an execution engine (Temporal) has scheduled: queued
+        or processing becomes processing under a new fencing token (an earlier run's token stops
+        counting), one more attempt; None when it is already completed or failed (or unknown)."""
+        now = utcnow()
+        statement = (
+            g.update()
+            .where(g.c.id == generation_id, _ACTIVE)
+            .values(
+                state=State.PROCESSING.value,
+                lease_owner=owner,
+                lease_token=str(uuid.uuid4()),
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                attempts=g.c.attempts + 1,
+                started_at=sa.func.coalesce(g.c.started_at, now),
+            )
+            .returning(*g.c)
+        )
+        with self._db.write() as conn:
+            row = conn.execute(statement).mappings().first()
+        return None if row is None else _record(row)
+
+    def undispatched(self, created_before: datetime, limit: int = 100) -> list[tuple[str, str, str]]:
+        """(id, account_id, model) of the rows still in the outbox, committed before `created_before`,
+        oldest first (the outbox index: only such rows are read)."""
+        query = (
+            sa.select(g.c.id, g.c.account_id, g.c.model)
+            .where(g.c.outbox_at.is_not(None), g.c.outbox_at < created_before)
+            .order_by(g.c.outbox_at)
+            .limit(limit)
+        )
+        with self._db.read() as conn:
+            return [(row.id, row.account_id, row.model) for row in conn.execute(query)]
+
+    def mark_dispatched(self, generation_ids: Collection[str]) -> None:
+        """Take these rows out of the outbox: their workflows are started."""
+        if generation_ids:
+            with self._db.write() as conn:
+                conn.execute(
+                    g.update()
+                    .where(g.c.id.in_(list(generation_ids)), g.c.outbox_at.is_not(None))
+                    .values(outbox_at=None)
+                )
 
     def renew(self, generation_id: str, token: str, lease_s: float) -> bool:
         """Extend the lease; False when the lease is lost (then the worker must stop)."""

