@@ -1,6 +1,7 @@
 """Shared fixtures: a temporary data directory with the real SQLite store and local blobs, the app
 in-process, keys, workers, a tiny diffusers pipeline built offline, a live `daguerre serve`, and a
-real S3 service (SeaweedFS) with an S3 blob store on it."""
+real S3 service (SeaweedFS) with an S3 blob store on it. Modules marked both_databases run their
+tests on a PostgreSQL store too (a throwaway server, a database per test)."""
 
 from __future__ import annotations
 
@@ -40,12 +41,47 @@ def models_file(tmp_path: Path) -> Path:
     return scripted_models(tmp_path / "models.toml")
 
 
+BOTH_DATABASES = "both_databases"
+"""A marker (`pytestmark = pytest.mark.both_databases`): the module's tests run once with the store
+on SQLite and once on PostgreSQL (test ids end in [sqlite] / [postgresql])."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{BOTH_DATABASES}: run the tests on SQLite and on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" in metafunc.fixturenames and metafunc.definition.get_closest_marker(BOTH_DATABASES):
+        metafunc.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path, models_file: Path) -> Settings:
+def database(request: pytest.FixtureRequest) -> str:
+    """The store's database: `sqlite`, or `postgresql` in the second run of a both_databases test."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def store_url(database: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The settings' database_url: None (the SQLite file in the data directory), or a database of
+    the test's own on the shared PostgreSQL server, already migrated, dropped afterwards."""
+    if database == "sqlite":
+        yield None
+        return
+    from support.postgres import drop_database, migrated_database
+
+    url = migrated_database(request.getfixturevalue("postgres_template"))
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_file: Path, store_url: str | None) -> Settings:
     # Generous limits: tests of the limits themselves set their own. Moderation (on in the product)
     # is switched on by the tests about it, so the others need not load its models.
     return Settings(
         data_dir=tmp_path / "data",
+        database_url=store_url,
         models_file=models_file,
         workers=0,
         lease_s=30,
@@ -151,10 +187,19 @@ def shape_classifier(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A PostgreSQL 15 server for the whole run (started on first use); tests take a fresh
-    database on it with support.postgres.fresh_database."""
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL 15 server for the whole run (started on first use); tests take a database of
+    their own on it (support.postgres: fresh_database, or migrated_database through store_url)."""
     from support.postgres import postgres_server
 
-    with postgres_server(tmp_path_factory.mktemp("postgres")) as url:
+    with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_url: str) -> str:
+    """postgres_url, with a template database at the newest revision for migrated_database."""
+    from support.postgres import make_template
+
+    make_template(postgres_url)
+    return postgres_url
