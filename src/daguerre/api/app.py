@@ -62,6 +62,8 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
             yield
         finally:
             task.cancel()
+            with suppress(asyncio.CancelledError):  # after the pass in progress, if any
+                await task
             if relay_task is not None:
                 relay_task.cancel()
                 with suppress(asyncio.CancelledError):
@@ -129,8 +131,15 @@ def _settle_garbage_collector() -> tuple[int, int, int]:
 async def _file_maintenance(svc: Services) -> None:
     """Expired files and interrupted ingests, every FILE_MAINTENANCE_INTERVAL_S seconds."""
     while True:
+        running = asyncio.ensure_future(run_in_threadpool(maintain_files, svc))
         try:
-            await run_in_threadpool(maintain_files, svc)
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: the pass finishes before shutdown goes on to close the
+            # store, which it would otherwise go on using (and reopen connections to).
+            with suppress(Exception):
+                await running
+            raise
         except Exception:
             log.exception("file maintenance failed")
         await asyncio.sleep(FILE_MAINTENANCE_INTERVAL_S)
