@@ -9,6 +9,8 @@ import pytest
 from daguerre.store.accounts import AccountStatus, hash_key
 from support.helpers import make_key
 
+pytestmark = pytest.mark.both_databases
+
 BODY = {"prompt": "a lighthouse"}
 
 

@@ -17,6 +17,8 @@ from daguerre.wire import FailureCode, State
 from support.helpers import make_key
 from support.imageserver import png_bytes
 
+pytestmark = pytest.mark.both_databases
+
 PNG = png_bytes((40, 20))
 
 

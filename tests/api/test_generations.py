@@ -12,6 +12,8 @@ from fastapi import Depends, Request, Response
 from daguerre.api.deps import RequestRoute
 from daguerre.wire import format_timestamp
 
+pytestmark = pytest.mark.both_databases
+
 BODY = {"prompt": "a glass of iced coffee on a marble countertop", "aspect_ratio": "16:9"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 

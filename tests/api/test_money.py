@@ -18,6 +18,8 @@ from daguerre.store.schema import accounts, ledger
 from daguerre.wire import FailureCode, State
 from support.helpers import make_worker, scripted_models
 
+pytestmark = pytest.mark.both_databases
+
 BODY = {"prompt": "a red circle", "aspect_ratio": "1:1"}
 
 

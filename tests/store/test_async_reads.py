@@ -16,14 +16,18 @@ from daguerre.store.files import NewFile
 from daguerre.store.generations import NewGeneration
 from daguerre.wire import GenerationCreate
 
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.mark.parametrize("inline", [True, False])
-def test_async_reads_answer_what_the_sync_ones_do_on_the_loop_or_in_a_thread(store, key, monkeypatch, inline):
+def test_async_reads_answer_what_the_sync_ones_do_on_the_loop_or_in_a_thread(
+    store, key, monkeypatch, inline, database
+):
     generation = store.generations.create(
         NewGeneration(str(uuid.uuid4()), key.account_id, GenerationCreate(prompt="x"), "1:1", (), 3)
     )
     file = store.files.create(NewFile(key.account_id, "image/png", 10))
-    assert store.db.reads_inline  # the test's store is a SQLite file
+    assert store.db.reads_inline == (database == "sqlite")  # a SQLite file: inline; a server: not
     monkeypatch.setattr(store.db, "reads_inline", inline)
     threads: set[int] = set()
     for name in ("get", "summary", "count_active", "usage"):

@@ -13,6 +13,8 @@ from daguerre.store.generations import NewGeneration
 from daguerre.store.schema import accounts
 from daguerre.wire import GenerationCreate
 
+pytestmark = pytest.mark.both_databases
+
 
 def new(account_id):
     return NewGeneration(str(uuid.uuid4()), account_id, GenerationCreate(prompt="x"), "1:1", (), 3)

@@ -1,19 +1,21 @@
 """The store's side of retention: finding expired generations through the account index, page by
-page, and marking them purged exactly once (real SQLite)."""
+page, and marking them purged exactly once (on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from daguerre.store.generations import NewGeneration
 from daguerre.wire import FailureCode, GenerationCreate, State
 from support.clock import Clock
 from support.helpers import make_key
+from support.plans import seeks_account_index
 
-SEEK = "account_id=? AND state=? AND created_at>? AND created_at<?"
+pytestmark = pytest.mark.both_databases
 
 
 def finished(store, account_id, clock, state=State.COMPLETED):
@@ -103,9 +105,6 @@ def test_expired_seeks_the_account_index(store, monkeypatch):
     assert sum(len(page) for page in pages) == 3
     queries = [(s, p) for s, p in statements if "FROM generations" in s]
     assert len(queries) >= 3  # a first page, a next page, and the pages of the failed state
-    with store.db.read() as conn:
-        for statement, parameters in queries:
-            plan = " ".join(
-                str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
-            )
-            assert f"INDEX ix_generations_account_state_created ({SEEK})" in plan, plan
+    for statement, parameters in queries:
+        seeks, plan = seeks_account_index(store, statement, parameters)
+        assert seeks, plan

@@ -8,12 +8,15 @@ import threading
 import time
 
 import httpx
+import pytest
 from PIL import Image
 
 from daguerre.settings import Settings
 from daguerre.wire import FailureCode, State
 from support.engines import prompt_colour
 from support.helpers import make_worker, scripted_models
+
+pytestmark = pytest.mark.both_databases
 
 
 def create(client, auth, **body):

@@ -1,4 +1,4 @@
-"""Metadata and the job queue, in SQL (SQLite).
+"""Metadata and the job queue, in SQL: SQLite by default, PostgreSQL for scale-out.
 
 store = open_store(settings.resolved_database_url)   # runs pending migrations
 store.accounts.find_key(...); store.generations.claim(...)
@@ -6,7 +6,8 @@ await store.generations.summary_async(...)           # from an event loop: the s
 
 db.py is the database handle; commits.py, sqlite_commits.py, sqlite_fast.py and changes.py hold
 what runs behind it (group commit, the event loop's commits and the checkpoint thread, the
-precompiled statements, change notification); accounts.py, generations.py and files.py the
+precompiled statements, change notification), postgres.py what only PostgreSQL needs (the queue's
+LISTEN/NOTIFY, the migrations' lock); accounts.py, generations.py, files.py and money.py the
 statements themselves.
 """
 

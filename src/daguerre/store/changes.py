@@ -52,8 +52,9 @@ class ChangeWatcher:
 
     Commits made through the same `Database` wake it at once (its ChangeSignal). Commits by other
     processes are seen through SQLite's `PRAGMA data_version`, a counter in shared memory that costs
-    microseconds to read, checked every `poll_s`. Without a SQLite file only local commits wake it
-    early.
+    microseconds to read, checked every `poll_s`. On PostgreSQL the other processes' new jobs arrive
+    as notifications, which the Database's QueueListener turns into ChangeSignal wake-ups
+    (store.postgres); nothing is polled.
     """
 
     def __init__(self, changes: ChangeSignal, sqlite_path: str | None) -> None:
@@ -88,7 +89,8 @@ class ChangeWatcher:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            count = self._changes.wait(self._seen_commits, min(poll_s, remaining))
+            step = min(poll_s, remaining) if self._sqlite is not None else remaining
+            count = self._changes.wait(self._seen_commits, step)
             if count != self._seen_commits:
                 self._seen_commits = count
                 return True

@@ -1,9 +1,11 @@
-"""Group commit: concurrent write operations share one transaction and one commit.
+"""Committers: what runs the write operations submitted to a Database (`submit`, `run`).
 
+On SQLite, group commit: concurrent write operations share one transaction and one commit.
 `run_batch` runs a batch of operations in one transaction and resolves their futures;
-`GroupCommitter` feeds it from a thread of its own. Both only need a way to begin a write
-transaction, so they serve any database; the SQLite event-loop committer (sqlite_commits) hands
-them what it cannot commit on the loop.
+`GroupCommitter` feeds it from a thread of its own; the SQLite event-loop committer
+(sqlite_commits) hands them what it cannot commit on the loop. On PostgreSQL, `TransactionPool`:
+each operation in a transaction of its own, several at once. All of them only need a way to begin
+a write transaction.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -114,3 +116,30 @@ class GroupCommitter:
                     break
                 batch.append(item)
             run_batch(self._begin, batch)
+
+
+class TransactionPool:
+    """Runs each submitted operation in a write transaction of its own, on a pool of `threads`
+    threads: for a server database with row locks (PostgreSQL).
+
+    Group commit would be wrong there. A create locks its account's row until its transaction
+    commits (money.lock_account), so a batch of several accounts' creates would take their locks
+    in whatever order the batch had, and two API processes' batches could deadlock, each waiting on
+    a row the other holds. Alone in its transaction a create holds one account's lock, taken first,
+    and creates of different accounts run side by side on different connections; the server
+    merges the WAL flushes of commits that arrive together on its own (PostgreSQL's group commit).
+    """
+
+    def __init__(self, begin: Callable[[], AbstractContextManager[Connection]], threads: int) -> None:
+        self._begin = begin
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="db-write")
+
+    def submit(self, operation: Callable[[Connection], T]) -> Future[T]:
+        return self._executor.submit(self._run, operation)
+
+    def _run(self, operation: Callable[[Connection], T]) -> T:
+        with self._begin() as conn:
+            return operation(conn)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

@@ -4,13 +4,17 @@ SQLite (the default) runs in WAL mode with a busy timeout; write transactions st
 `BEGIN IMMEDIATE`, which takes SQLite's single write lock up front, so a guarded UPDATE never has to
 upgrade a read lock half way (the classic "database is locked" trap). For a SQLite file the handle
 also runs the fast path (sqlite_fast), commits the event loop's writes on the loop with a
-checkpoint thread beside it (sqlite_commits); every database gets the group committer (commits)
-and the change signal its watchers wait on (changes).
+checkpoint thread beside it (sqlite_commits), and group-commits the writes submitted to it
+(commits.GroupCommitter). PostgreSQL runs each submitted write in a transaction of its own, several
+at once (commits.TransactionPool), and tells idle workers of other processes' new jobs through
+LISTEN/NOTIFY (postgres.QueueListener). Every database has the change signal that its watchers wait
+on (changes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -22,7 +26,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from daguerre.store.changes import ChangeSignal, ChangeWatcher
-from daguerre.store.commits import GroupCommitter
+from daguerre.store.commits import GroupCommitter, TransactionPool
+from daguerre.store.postgres import QueueListener
 from daguerre.store.sqlite_commits import LoopCommitter
 from daguerre.store.sqlite_fast import Dml, FastSQLite
 
@@ -31,6 +36,12 @@ WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 """What the write-ahead log file is cut back to when it starts over (SQLite never shrinks it
 otherwise): under a sustained stream of creates it can grow past 100 MB before a pause in writes
 lets it restart (see sqlite_commits.Checkpointer)."""
+
+WRITE_THREADS = 8
+"""Write transactions a process runs at once on a server database (TransactionPool); its
+connection pool keeps POOL_SIZE connections and opens up to POOL_OVERFLOW more under load."""
+POOL_SIZE = 10
+POOL_OVERFLOW = 20
 
 _IMMEDIATE = "daguerre_immediate"
 _NO_BEGIN = "daguerre_no_begin"
@@ -54,12 +65,16 @@ class Database:
         WAL mode on a local file): the stores' async read methods (`summary_async`...) then run it
         on the caller's event loop, since a thread hand-off costs more than the query under load;
         elsewhere they run it in a thread."""
-        self._group = GroupCommitter(self.write)
+        self._group: GroupCommitter | TransactionPool = (
+            GroupCommitter(self.write) if self.is_sqlite else TransactionPool(self.write, WRITE_THREADS)
+        )
         self._on_loop = (
             LoopCommitter(self._loop_connection, self._group, self.changes, self.sqlite_file)
-            if self.sqlite_file is not None
+            if self.sqlite_file is not None and isinstance(self._group, GroupCommitter)
             else None
         )
+        self._listener: QueueListener | None = None
+        self._listener_lock = threading.Lock()
 
     def fetch_one(
         self, query: sa.Select[Any], params: dict[str, Any], conn: Connection | None = None
@@ -103,8 +118,9 @@ class Database:
         self.changes.notify()
 
     def submit(self, operation: Callable[[Connection], T]) -> Future[T]:
-        """Run `operation` in a write transaction shared with other submitted operations (group
-        commit) on the committer thread; the future resolves once that transaction has committed."""
+        """Run `operation` in a write transaction, on another thread; the future resolves once that
+        transaction has committed. On SQLite the transaction is shared with other submitted
+        operations (group commit); on PostgreSQL it is the operation's own (TransactionPool)."""
         return self._group.submit(operation)
 
     async def run(self, operation: Callable[[Connection], T]) -> T:
@@ -116,14 +132,31 @@ class Database:
         return await self._on_loop.run(operation)
 
     def watcher(self) -> ChangeWatcher:
-        """A per-thread object that waits until something may have changed (see ChangeWatcher)."""
+        """A per-thread object that waits until something may have changed (see ChangeWatcher).
+        On PostgreSQL the first one starts the process's QueueListener."""
+        if not self.is_sqlite:
+            with self._listener_lock:
+                if self._listener is None:
+                    self._listener = QueueListener(self._listen_connection, self.changes)
         return ChangeWatcher(self.changes, self.sqlite_file)
 
     def dispose(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._on_loop is not None:
             self._on_loop.close()
         self._group.close()
         self.engine.dispose()
+
+    def _listen_connection(self) -> Any:
+        """A driver connection of its own, outside the pool, for the QueueListener (which closes it)."""
+        raw = self.engine.raw_connection()
+        driver = raw.driver_connection
+        raw.detach()
+        assert driver is not None
+        driver.rollback()  # the pool's ping may have begun a transaction
+        return driver
 
     def _loop_connection(self) -> Connection:
         """A connection of its own, outside the pool, whose transactions take the write lock (for
@@ -135,7 +168,7 @@ class Database:
 
 def _create_engine(url: sa.URL, is_sqlite: bool) -> Engine:
     if not is_sqlite:
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
     database = url.database
     if database and database != ":memory:":

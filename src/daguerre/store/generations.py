@@ -5,6 +5,14 @@ fencing token); renew, complete, fail and hand-back all go through `_transition`
 requires `state = 'processing' AND lease_token = :token`, so a worker whose lease lapsed (crashed,
 paused, or reaped) changes nothing: zero rows means someone else decided, and the worker drops its
 result.
+
+On SQLite every write transaction holds the database's one write lock. On PostgreSQL, where writers
+run side by side, three things differ: a claim locks its candidate row and skips rows another claim
+has locked (`FOR UPDATE SKIP LOCKED`); a create of a limited or metered account locks the account's
+row first (money.lock_account), so that its concurrency count and its hold see every earlier
+create; and creates and hand-backs notify idle workers (postgres.notify_queue). Transactions that
+lock rows of both tables lock generations before accounts (a create locks only its account, and
+inserts rows nobody else can see yet), so no two of them can wait on each other.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from daguerre.store import money
+from daguerre.store import money, postgres
 from daguerre.store.clock import utcnow
 from daguerre.store.db import Database
 from daguerre.store.schema import accounts, ledger
@@ -203,21 +211,30 @@ class GenerationStore:
             values["outbox_at"] = values["created_at"]
 
         db = self._db
+        charged = new.metered and new.price > 0
+        # The write transaction holds SQLite's write lock: no other create counts or holds at once.
+        # On PostgreSQL the account's row lock does that, and the insert wakes idle workers (those
+        # that claim rows: none when the outbox hands the job to Temporal instead).
+        on_server = not db.is_sqlite
+        lock = on_server and (charged or new.concurrency_limit is not None)
+        notify = on_server and not new.outbox
 
         def insert(conn: Connection) -> T | Refusal:
-            # The write transaction holds SQLite's write lock: no other create counts or holds at once.
+            if lock:
+                money.lock_account(conn, new.account_id)
             if new.concurrency_limit is not None:
                 active = db.scalar(
                     _COUNT_ACTIVE, {"account_id": new.account_id, "limit": new.concurrency_limit}, conn
                 )
                 if active >= new.concurrency_limit:
                     return Refusal.CONCURRENCY
-            charged = new.metered and new.price > 0
             if charged and not money.hold(conn, new.account_id, new.price):
                 return Refusal.BALANCE
             db.execute(conn, _INSERT, values)
             if charged:
                 money.record_reserve(conn, new.account_id, new.id, new.price)
+            if notify:
+                postgres.notify_queue(conn)
             return shown(values)
 
         return insert
@@ -267,8 +284,11 @@ class GenerationStore:
         """(group, state, generations, captured micro-dollars) for the account's generations
         created in [start, end), grouped by `model`, `user_id` or `day` (UTC)."""
         key: sa.ColumnElement[Any]
-        if group_by == "day":
+        if group_by == "day" and self._db.is_sqlite:
             key = sa.func.strftime("%Y-%m-%d", g.c.created_at)
+        elif group_by == "day":
+            # A literal, not a parameter: GROUP BY must repeat the SELECT's expression exactly.
+            key = sa.func.to_char(g.c.created_at, sa.literal_column("'YYYY-MM-DD'"))
         else:
             key = g.c.model if group_by == "model" else g.c.user_id
         captured = ledger.alias("captured")
@@ -344,6 +364,10 @@ class GenerationStore:
             .order_by(g.c.priority.desc(), sa.func.coalesce(live.c.n, 0), g.c.created_at)
             .limit(1)
         )
+        if not self._db.is_sqlite:
+            # Concurrent claims each lock a different row: one that another claim has locked is
+            # skipped (it is being taken), never waited for, and never taken twice.
+            candidate = candidate.with_for_update(of=g, skip_locked=True)
         token = str(uuid.uuid4())
         statement = (
             g.update()
@@ -437,6 +461,7 @@ class GenerationStore:
         return self._transition(
             generation_id,
             token,
+            requeued=True,
             state=State.QUEUED.value,
             attempts=g.c.attempts if count_attempt else g.c.attempts - 1,
             lease_owner=None,
@@ -451,12 +476,14 @@ class GenerationStore:
         *,
         settle: money.Settlement | None = None,
         charge: int | None = None,
+        requeued: bool = False,
         **values: Any,
     ) -> bool:
         """Set `values` on the generation while `token` holds its lease: one UPDATE guarded by
         `id`, `lease_token` and `state = 'processing'`. When it changed the row, the generation's
-        hold is settled (`settle`, capturing `charge` or all of it) in the same transaction. False
-        when the lease is lost: nothing was changed."""
+        hold is settled (`settle`, capturing `charge` or all of it) in the same transaction, and
+        when it put the job back in the queue (`requeued`) idle workers are notified (PostgreSQL).
+        False when the lease is lost: nothing was changed."""
         with self._db.write() as conn:
             result = conn.execute(
                 g.update()
@@ -466,6 +493,8 @@ class GenerationStore:
             changed = result.rowcount == 1
             if changed and settle is not None:
                 money.settle(conn, generation_id, settle, charge=charge)
+            if changed and requeued and not self._db.is_sqlite:
+                postgres.notify_queue(conn)
         return changed
 
     def reap(self, active_job_ttl_s: float) -> list[Reaped]:
@@ -490,16 +519,21 @@ class GenerationStore:
         )
         reaped: list[Reaped] = []
         with self._db.write() as conn:
+            ended: list[tuple[str, str]] = []
             for condition, reason in reasons:
                 rows = conn.execute(
                     g.update()
                     .where(condition)
                     .values(**_failed(FailureCode.GENERATION_FAILED, reason))
-                    .returning(g.c.id)
+                    .returning(g.c.id, g.c.account_id)
                 ).all()
-                for row in rows:
-                    money.settle(conn, row.id, money.Settlement.RELEASE)
+                ended.extend((row.account_id, row.id) for row in rows)
                 reaped.extend(Reaped(id=row.id, reason=reason) for row in rows)
+            # Every reaped row is locked before any account is, and accounts are taken in one order
+            # (see the module's docstring): a reaper never holds an account another writer waits for
+            # while it waits for that writer's generation.
+            for _account_id, generation_id in sorted(ended):
+                money.settle(conn, generation_id, money.Settlement.RELEASE)
         return reaped
 
     # Retention and the blob sweep ------------------------------------------------------------

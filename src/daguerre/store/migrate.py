@@ -1,8 +1,8 @@
 """Schema migrations with Alembic, run programmatically (no alembic.ini needed).
 
 `daguerre migrate` and every `open_store()` call bring the database to the newest revision. Two
-processes starting at once are serialised by a file lock next to the SQLite database.
-"""
+processes starting at once are serialised: by a file lock next to a SQLite database, by an advisory
+lock on PostgreSQL (see migrations/env.py)."""
 
 from __future__ import annotations
 

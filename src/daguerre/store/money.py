@@ -23,6 +23,16 @@ class Settlement(StrEnum):
     RELEASE = "release"
 
 
+def lock_account(conn: Connection, account_id: str) -> None:
+    """Lock the account's row until `conn`'s transaction ends (PostgreSQL: SELECT ... FOR UPDATE):
+    creates of one account then count its active generations and hold its money one at a time.
+    On SQLite the write transaction already holds the database's single write lock: not needed."""
+    conn.execute(_LOCK_ACCOUNT, {"account_id": account_id})
+
+
+_LOCK_ACCOUNT = sa.select(accounts.c.id).where(accounts.c.id == sa.bindparam("account_id")).with_for_update()
+
+
 def hold(conn: Connection, account_id: str, amount: int) -> bool:
     """Hold `amount` on the account if its balance covers it (and everything already held)."""
     result = conn.execute(
