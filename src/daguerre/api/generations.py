@@ -115,7 +115,8 @@ async def create_generation(request: Request) -> GenerationResponse:
     request with input images takes an early look at the concurrent jobs and the balance before its
     images are decoded and stored (413 / 422 / 503), so a refused request stores nothing.
     Everything here is CPU-light except input images (decoded and stored in the thread pool) and the
-    transaction, which is shared with the other creates of the moment (`Database.run`).
+    transaction (on SQLite shared with the other creates of the moment, on PostgreSQL one of its
+    own: `Database.run`).
 
     Like the GET, it is a RequestRoute and authenticates in its body rather than through
     dependencies: FastAPI's per-request handler was a seventh of the cost of a create."""
