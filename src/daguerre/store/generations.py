@@ -372,14 +372,7 @@ class GenerationStore:
         statement = (
             g.update()
             .where(g.c.id == candidate.scalar_subquery(), self._claimable(now))
-            .values(
-                state=State.PROCESSING.value,
-                lease_owner=worker_id,
-                lease_token=token,
-                lease_expires_at=now + timedelta(seconds=lease_s),
-                attempts=g.c.attempts + 1,
-                started_at=sa.func.coalesce(g.c.started_at, now),
-            )
+            .values(_taken(worker_id, token, now, lease_s))
             .returning(*g.c)
         )
         with self._db.write() as conn:
@@ -394,14 +387,7 @@ class GenerationStore:
         statement = (
             g.update()
             .where(g.c.id == generation_id, _ACTIVE)
-            .values(
-                state=State.PROCESSING.value,
-                lease_owner=owner,
-                lease_token=str(uuid.uuid4()),
-                lease_expires_at=now + timedelta(seconds=lease_s),
-                attempts=g.c.attempts + 1,
-                started_at=sa.func.coalesce(g.c.started_at, now),
-            )
+            .values(_taken(owner, str(uuid.uuid4()), now, lease_s))
             .returning(*g.c)
         )
         with self._db.write() as conn:
@@ -621,6 +607,18 @@ class GenerationStore:
                         purged=row.purged_at is not None,
                     )
         return owners
+
+
+def _taken(owner: str, token: str, now: datetime, lease_s: float) -> dict[str, Any]:
+    """The values of a row taken to run: processing under a new fencing token, one more attempt."""
+    return {
+        "state": State.PROCESSING.value,
+        "lease_owner": owner,
+        "lease_token": token,
+        "lease_expires_at": now + timedelta(seconds=lease_s),
+        "attempts": g.c.attempts + 1,
+        "started_at": sa.func.coalesce(g.c.started_at, now),
+    }
 
 
 def _failed(code: FailureCode, reason: str) -> dict[str, Any]:
