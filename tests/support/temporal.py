@@ -47,6 +47,12 @@ class TemporalServer:
                     # Per-account fairness (Priority.fairness_key) is off unless the server enables it.
                     "--dynamic-config-value",
                     "matching.enableFairness=true",
+                    # One partition per task queue: with several, each is fair on its own and the
+                    # order across them is not (a test of fairness could not tell the difference).
+                    "--dynamic-config-value",
+                    "matching.numTaskqueueReadPartitions=1",
+                    "--dynamic-config-value",
+                    "matching.numTaskqueueWritePartitions=1",
                     "--log-level",
                     "error",
                 ],

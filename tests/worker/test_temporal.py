@@ -318,3 +318,31 @@ def test_an_engine_only_worker_without_a_database_is_replaced_within_seconds_whe
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+def test_one_account_s_backlog_does_not_hold_back_another_s_jobs(client, store, settings, runner, tmp_path):
+    """Fairness keys (the account) on a server with `matching.enableFairness=true`: with one engine
+    slot, account B's 2 jobs queued after account A's 8 do not wait for all of A's (without
+    fairness they finish 9th and 10th). The order is not strictly FIFO either way (task-queue
+    partitions), so the test asserts fairness, not an exact order."""
+    keys = {}
+    for name in ("a", "b"):
+        account = store.accounts.create(f"fair-{name}")
+        _, token = store.accounts.create_key(account.id)
+        keys[name] = {"Authorization": f"Bearer {token}"}
+    jobs = [("a", create(client, keys["a"])) for _ in range(8)]
+    jobs += [("b", create(client, keys["b"])) for _ in range(2)]
+    slow = settings.model_copy(
+        update={"models_file": scripted_models(tmp_path / "slow.toml", steps=2, step_s=0.1)}
+    )
+    runner(slow, models=[]).start()  # the main queue only: every job is prepared, none generated
+    deadline = time.monotonic() + 30
+    while any(store.generations.get(generation_id).state != State.PROCESSING for _, generation_id in jobs):
+        assert time.monotonic() < deadline, "not every job was prepared"
+        time.sleep(0.05)
+    runner(slow, engine_only=True).start()  # one engine slot, before a backlog of A x 8, B x 2
+    for name, generation_id in jobs:
+        assert wait_terminal(client, keys[name], generation_id, timeout_s=60)["state"] == "completed"
+    finished = sorted(jobs, key=lambda job: store.generations.get(job[1]).finished_at)
+    b_places = [place for place, (name, _) in enumerate(finished, start=1) if name == "b"]
+    assert b_places[-1] <= 6, f"B's jobs finished at places {b_places} of 10"
