@@ -95,6 +95,7 @@ def test_cores_given_follows_the_affinity_mask():
 
 def test_a_worker_sets_torch_s_threads_before_its_engine_runs(settings, store, blobs, client, auth, tmp_path):
     import torch
+
     before = torch.get_num_threads()
     worker = make_worker(settings, store, blobs)
     worker.threads = ThreadBudget(None, explicit=1)
