@@ -13,21 +13,9 @@ def listed(blobs, prefix):
     return sorted((blob.key, blob.size) for blob in blobs.list_blobs(prefix))
 
 
-def test_lists_keys_sizes_and_modification_times_under_a_prefix(blobs):
-    blobs.put("outputs/a/t/0.png", b"12345", "image/png")
-    blobs.put("outputs/ab/t/0.png", b"123", "image/png")
-    blobs.put("outputs/b/t/0.jpg", b"1", "image/jpeg")
+def test_the_modification_time_is_the_file_s(blobs):
+    """What the sweeper's grace is judged by (the listing itself is in test_contract, on both stores)."""
     blobs.put("inputs/a/0", b"xy", "image/png")
-    assert listed(blobs, "outputs/") == [
-        ("outputs/a/t/0.png", 5),
-        ("outputs/ab/t/0.png", 3),
-        ("outputs/b/t/0.jpg", 1),
-    ]
-    # The prefix is plain text, as with S3: `outputs/a` also matches `outputs/ab/...`.
-    assert listed(blobs, "outputs/a") == [("outputs/a/t/0.png", 5), ("outputs/ab/t/0.png", 3)]
-    assert listed(blobs, "outputs/a/") == [("outputs/a/t/0.png", 5)]
-    assert listed(blobs, "") == [*listed(blobs, "inputs/"), *listed(blobs, "outputs/")]
-    assert listed(blobs, "nothing/") == []
     old = time.time() - 7200
     os.utime(blobs.path_for("inputs/a/0"), (old, old))
     [blob] = blobs.list_blobs("inputs/")
@@ -65,14 +53,3 @@ def test_delete_removes_the_directories_it_empties_and_no_more(blobs):
     assert not (root / "outputs").exists() and root.is_dir()
     blobs.put("outputs/g/t3/0.png", b"3", "image/png")  # the directories come back when needed
     assert blobs.get("outputs/g/t3/0.png") == b"3"
-
-
-def test_deleting_while_listing_is_safe(blobs):
-    for n in range(20):
-        blobs.put(f"inputs/g{n}/0", b"x" * n, "image/png")
-    seen = []
-    for blob in blobs.list_blobs("inputs/"):
-        seen.append(blob.key)
-        blobs.delete(blob.key)
-    assert sorted(seen) == sorted(f"inputs/g{n}/0" for n in range(20))
-    assert listed(blobs, "inputs/") == []
