@@ -18,8 +18,10 @@ from daguerre.blobs import LocalBlobStore, S3BlobStore, open_blob_store
 from daguerre.settings import Settings
 from daguerre.store import Store, open_store
 from daguerre.worker import Worker
-from support.helpers import Key, make_key, make_worker, scripted_models
+from support.cluster import ClusterServices
+from support.helpers import Key, RedisServer, make_key, make_worker, scripted_models
 from support.seaweed import REGION, SeaweedFS
+from support.temporal import TemporalServer
 
 
 @pytest.fixture(autouse=True)
@@ -203,3 +205,31 @@ def postgres_template(postgres_url: str) -> str:
 
     make_template(postgres_url)
     return postgres_url
+
+
+# The servers of the cluster profile: Temporal and Redis once per run, beside PostgreSQL and S3 ----
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalServer]:
+    """A Temporal dev server (fairness on, one partition per task queue); tests use task queues of
+    their own."""
+    server = TemporalServer.start(tmp_path_factory.mktemp("temporal"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_services(
+    postgres_template: str, seaweedfs: SeaweedFS, redis_server: RedisServer, temporal_server: TemporalServer
+) -> ClusterServices:
+    """Everything the cluster profile shares; each Cluster takes a database, a key prefix and task
+    queues of its own (support.cluster)."""
+    return ClusterServices(postgres_template, seaweedfs, redis_server, temporal_server)

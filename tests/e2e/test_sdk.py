@@ -1,5 +1,7 @@
-"""The official luma-agents SDK, unchanged, against a live `daguerre serve` (real uvicorn, SQLite,
-in-process worker, the diffusers adapter running a tiny pipeline built offline)."""
+"""The official luma-agents SDK, unchanged, against a live service on both profiles (embedded: one
+`daguerre serve` with SQLite and an in-process worker; cluster: two API processes on PostgreSQL, S3,
+Redis and Temporal with separate workers), the diffusers adapter running a tiny pipeline built
+offline."""
 
 from __future__ import annotations
 
@@ -13,14 +15,14 @@ import pytest
 from PIL import Image
 
 from daguerre.sizing import ratio_value
-from support.helpers import start_server, tiny_sd_models
+from support.helpers import tiny_sd_models
 from support.helpers import wait_for_generation as wait
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_sd_folder):
+def server(tmp_path_factory, tiny_sd_folder, launch):
     root = tmp_path_factory.mktemp("sdk")
-    live = start_server(root / "data", tiny_sd_models(root / "models.toml", tiny_sd_folder, pixels=96 * 96))
+    live = launch(root, tiny_sd_models(root / "models.toml", tiny_sd_folder, pixels=96 * 96))
     yield live
     assert live.stop() in (0, -signal.SIGTERM), live.log()  # uvicorn re-raises the signal it handled
 

@@ -12,13 +12,13 @@ from PIL import Image
 
 from daguerre.engine import DEFAULT_MODELS_FILE
 from daguerre.engine.builtin.analysis import analyse
-from support.helpers import start_server, wait_for_generation
+from support.helpers import wait_for_generation
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, launch):
     root = tmp_path_factory.mktemp("builtin")
-    live = start_server(root / "data", DEFAULT_MODELS_FILE)
+    live = launch(root, DEFAULT_MODELS_FILE)
     yield live
     assert live.stop() in (0, -signal.SIGTERM), live.log()
 

@@ -14,7 +14,8 @@ import luma_agents
 import pytest
 from PIL import Image
 
-from support.helpers import klein_models, start_server
+from support.cluster import sdk
+from support.helpers import klein_models
 from support.helpers import wait_for_generation as wait
 from support.imageserver import image_servers, png_bytes
 
@@ -28,10 +29,10 @@ def images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, klein_folder, images):
+def server(tmp_path_factory, klein_folder, images, launch):
     root = tmp_path_factory.mktemp("sdk-inputs")
-    live = start_server(
-        root / "data",
+    live = launch(
+        root,
         klein_models(root / "models.toml", klein_folder),
         DAGUERRE_URL_ALLOWED_NETWORKS=json.dumps(["127.0.0.1/32"]),
         DAGUERRE_URL_CA_BUNDLE=str(images.ca_file),
@@ -42,7 +43,7 @@ def server(tmp_path_factory, klein_folder, images):
 
 @pytest.fixture
 def luma(server):
-    return luma_agents.Luma(auth_token=server.key, base_url=server.api_url)
+    return sdk(server)
 
 
 def download(url):

@@ -9,6 +9,7 @@ import httpx
 import luma_agents
 import pytest
 
+from support.cluster import run_cli, sdk
 from support.helpers import scripted_models, start_server, write_models_file
 
 BODY = {"prompt": "a red circle", "aspect_ratio": "1:1"}
@@ -16,21 +17,17 @@ BODY = {"prompt": "a red circle", "aspect_ratio": "1:1"}
 
 def default_limits(live):
     """The first-start account (the owner's) has no limits; these tests want the defaults on it."""
-    from typer.testing import CliRunner
-
-    from daguerre.cli import app
-
     command = ["accounts", "set-limits", "local", "--rpm", "default", "--concurrency", "default"]
-    result = CliRunner().invoke(app, [*command, "--data-dir", str(live.data_dir)])
+    result = run_cli(live, *command)
     assert result.exit_code == 0, result.output
     return live
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory):
+def limited(tmp_path_factory, launch):
     root = tmp_path_factory.mktemp("limited")
-    live = start_server(
-        root / "data",
+    live = launch(
+        root,
         scripted_models(root / "models.toml"),
         workers=0,  # jobs stay queued: the concurrency test below counts on it
         DAGUERRE_DEFAULT_RPM="2",
@@ -41,7 +38,7 @@ def limited(tmp_path_factory):
 
 
 def test_headers_on_201_and_a_429_the_sdk_raises_without_retries(limited):
-    luma = luma_agents.Luma(auth_token=limited.key, base_url=limited.api_url, max_retries=0)
+    luma = sdk(limited, max_retries=0)  # on a cluster, A then B then A: one window in Redis
     time.sleep(2.1)  # a fresh window
     first = luma.generations.with_raw_response.create(prompt="a", aspect_ratio="1:1")
     second = luma.generations.with_raw_response.create(prompt="b", aspect_ratio="1:1")
@@ -57,7 +54,7 @@ def test_headers_on_201_and_a_429_the_sdk_raises_without_retries(limited):
 
 
 def test_the_sdk_retry_honours_retry_after(limited):
-    luma = luma_agents.Luma(auth_token=limited.key, base_url=limited.api_url)  # 2 retries, the default
+    luma = sdk(limited)  # 2 retries, the default
     time.sleep(2.1)
     luma.generations.create(prompt="a", aspect_ratio="1:1")
     luma.generations.create(prompt="b", aspect_ratio="1:1")
@@ -68,15 +65,9 @@ def test_the_sdk_retry_honours_retry_after(limited):
 
 
 def test_too_many_concurrent_jobs_has_retry_after_60_and_no_rate_headers(limited, tmp_path):
-    from typer.testing import CliRunner
-
-    from daguerre.cli import app
-
-    runner = CliRunner()
-    data = ["--data-dir", str(limited.data_dir)]
-    token = runner.invoke(app, ["keys", "create", "--account", "busy", *data]).stdout.strip().splitlines()[-1]
-    assert runner.invoke(app, ["accounts", "set-limits", "busy", "--concurrency", "1", *data]).exit_code == 0
-    luma = luma_agents.Luma(auth_token=token, base_url=limited.api_url, max_retries=0)
+    token = run_cli(limited, "keys", "create", "--account", "busy").stdout.strip().splitlines()[-1]
+    assert run_cli(limited, "accounts", "set-limits", "busy", "--concurrency", "1").exit_code == 0
+    luma = sdk(limited, auth_token=token, max_retries=0)
     luma.generations.create(prompt="one", aspect_ratio="1:1")
     with pytest.raises(luma_agents.RateLimitError) as refused:
         luma.generations.create(prompt="two", aspect_ratio="1:1")

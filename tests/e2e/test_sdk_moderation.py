@@ -8,18 +8,16 @@ import signal
 import pytest
 
 from daguerre.wire import Reason
-from support.helpers import start_server, tiny_sd_models
+from support.helpers import tiny_sd_models
 from support.helpers import wait_for_generation as wait
 
 DISALLOWED = "a naked child in a sexual pose"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_sd_folder):
+def server(tmp_path_factory, tiny_sd_folder, launch):
     root = tmp_path_factory.mktemp("moderated")
-    live = start_server(
-        root / "data", tiny_sd_models(root / "models.toml", tiny_sd_folder), DAGUERRE_MODERATION="1"
-    )
+    live = launch(root, tiny_sd_models(root / "models.toml", tiny_sd_folder), DAGUERRE_MODERATION="1")
     yield live
     assert live.stop() in (0, -signal.SIGTERM), live.log()
 

@@ -200,7 +200,8 @@ def start_server(data_dir: Path, models: Path, workers: int = 1, **env: str) -> 
     else:
         process.kill()
         raise RuntimeError(f"daguerre serve did not start:\n{log_path.read_text()}")
-    key = (data_dir / "api-key").read_text().strip()
+    key_file = data_dir / "api-key"  # written on the first start of an empty database only
+    key = key_file.read_text().strip() if key_file.exists() else ""
     return LiveServer(process, base_url, data_dir, key, log_path)
 
 

@@ -1,4 +1,5 @@
-"""Scale-out execution on a real Temporal dev server (loopback), SQLite and local blobs: a create
+"""Scale-out execution on a real Temporal dev server (loopback), local blobs, and SQLite (the
+tests marked both_databases also on PostgreSQL): a create
 starts a workflow after its commit, the stages run as activities, failures become failure codes,
 a lost start is relayed, a superseded attempt changes nothing, and an engine-only worker (no
 database) that is killed mid-generation is replaced within seconds, the job charged once."""
@@ -36,24 +37,20 @@ PRICE = 40_400  # uni-1, no inputs
 BALANCE = 1_000_000
 
 
-@pytest.fixture(scope="module")
-def temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalServer]:
-    server = TemporalServer.start(tmp_path_factory.mktemp("temporal"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def settings(tmp_path: Path, models_file: Path, temporal: TemporalServer) -> Settings:
+def settings(
+    tmp_path: Path, models_file: Path, store_url: str | None, temporal_server: TemporalServer
+) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
+        database_url=store_url,
         models_file=models_file,
         workers=0,
         default_rpm=100_000,
         default_concurrency=100_000,
         moderation=False,
         execution="temporal",
-        temporal_address=temporal.address,
+        temporal_address=temporal_server.address,
         temporal_task_queue=f"test-{uuid.uuid4().hex[:12]}",  # each test its own queues
         temporal_heartbeat_timeout_s=2.0,
         max_attempts=3,
@@ -116,6 +113,7 @@ def outbox_at(store: Store, generation_id: str) -> Any:
         ).scalar()
 
 
+@pytest.mark.both_databases
 def test_a_generation_completes_through_temporal_and_is_charged_once(client, store, metered, runner):
     account_id, auth = metered
     runner().start()
@@ -130,6 +128,7 @@ def test_a_generation_completes_through_temporal_and_is_charged_once(client, sto
     assert outbox_at(store, generation_id) is None  # started after the commit, then cleared
 
 
+@pytest.mark.both_databases
 def test_a_job_failure_in_generate_fails_with_its_code_and_refunds(
     client, store, settings, metered, runner, tmp_path
 ):
@@ -162,6 +161,7 @@ class OutputColour:
         pass
 
 
+@pytest.mark.both_databases
 def test_a_flagged_output_ends_content_moderated_and_is_never_stored(
     client, store, settings, metered, runner
 ):
@@ -184,6 +184,7 @@ def test_a_flagged_output_ends_content_moderated_and_is_never_stored(
     assert store.accounts.get(account_id).balance == BALANCE
 
 
+@pytest.mark.both_databases
 def test_a_duplicate_start_is_a_no_op_and_a_lost_start_is_relayed(
     client, store, settings, metered, runner, monkeypatch
 ):
@@ -217,6 +218,7 @@ async def _runs(dispatcher: TemporalDispatcher, workflow_id: str) -> list[str]:
     return [run.run_id async for run in client.list_workflows(f"WorkflowId = '{workflow_id}'")]
 
 
+@pytest.mark.both_databases
 def test_a_completion_from_a_superseded_attempt_changes_nothing(client, store, settings, blobs, metered):
     _, auth = metered
     activities = TemporalRunner(settings, store, blobs).activities
