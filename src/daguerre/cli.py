@@ -426,19 +426,30 @@ def worker(
             show_default=False,
         ),
     ] = None,
+    no_engine: Annotated[
+        bool,
+        typer.Option(
+            "--no-engine",
+            help="Run only the main queue (workflows, checks, results), no engine: for a host next "
+            "to the database while engine-only workers run on the GPU hosts. execution = temporal only.",
+        ),
+    ] = False,
 ) -> None:
     """Run one worker process against the same store and blobs as the API.
 
     SIGTERM or Ctrl-C: stop claiming, finish the running job within the grace time, or hand it back.
     With execution = "temporal": a Temporal worker for the main queue and the engine queue of each
-    model (--engine-only: the engine queues alone, without the database).
+    model (--engine-only: the engine queues alone, without the database; --no-engine: the main
+    queue alone).
     """
     settings = _settings(config, data_dir=data_dir, models_file=models)
     if settings.execution == "temporal":
-        _temporal_worker(settings, engine_only=engine_only, models=model)
+        if no_engine and (engine_only or model):
+            _fail(USAGE, "--no-engine runs no engine: it goes with neither --engine-only nor --model")
+        _temporal_worker(settings, engine_only=engine_only, models=[] if no_engine else model)
         return
-    if engine_only or model:
-        _fail(USAGE, '--engine-only and --model need execution = "temporal"')
+    if engine_only or model or no_engine:
+        _fail(USAGE, '--engine-only, --model and --no-engine need execution = "temporal"')
     _choose_wait_policy(settings, 1)
     from daguerre.blobs import open_blob_store
     from daguerre.worker import WorkerPool

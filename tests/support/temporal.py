@@ -27,9 +27,9 @@ class TemporalServer:
     log_path: Path
 
     @classmethod
-    def start(cls, workdir: Path, timeout_s: float = 30.0) -> TemporalServer:
+    def start(cls, workdir: Path, timeout_s: float = 30.0, port: int | None = None) -> TemporalServer:
         workdir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = port or free_port()
         log_path = workdir / f"temporal-{port}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(

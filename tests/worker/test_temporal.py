@@ -6,6 +6,7 @@ database) that is killed mid-generation is replaced within seconds, the job char
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from daguerre.store.schema import generations, ledger
 from daguerre.wire import Reason, State
 from daguerre.worker.temporal import RunnerThread, TemporalRunner
 from support.engines import prompt_colour
-from support.helpers import scripted_models, subprocess_env
+from support.helpers import free_port, scripted_models, subprocess_env
 from support.temporal import TemporalServer
 
 PRICE = 40_400  # uni-1, no inputs
@@ -348,3 +350,96 @@ def test_one_account_s_backlog_does_not_hold_back_another_s_jobs(client, store, 
     finished = sorted(jobs, key=lambda job: store.generations.get(job[1]).finished_at)
     b_places = [place for place, (name, _) in enumerate(finished, start=1) if name == "b"]
     assert b_places[-1] <= 6, f"B's jobs finished at places {b_places} of 10"
+
+
+# What a main-queue worker runs besides the workflow: the reaper of unstarted rows, the sweeper ----
+
+
+@pytest.mark.both_databases
+def test_a_queued_row_whose_workflow_ended_is_failed_and_refunded_one_still_running_is_not(
+    client, store, settings, blobs, metered
+):
+    account_id, auth = metered
+    ended, waiting = create(client, auth), create(client, auth)  # no worker polls: both stay queued
+    runner = TemporalRunner(settings, store, blobs, models=[])
+
+    async def reap() -> list[str]:
+        temporal = await runner.connect()
+        await temporal.get_workflow_handle(ended).terminate(reason="by hand")
+        return await runner.reap_unstarted(datetime.now(UTC))
+
+    assert asyncio.run(reap()) == [ended]
+    body = wait_terminal(client, auth, ended)
+    assert (body["state"], body["failure_code"]) == ("failed", "generation_failed")
+    assert "could not be started" in body["failure_reason"]
+    assert store.generations.get(waiting).state == State.QUEUED
+    assert captures(store, ended) == []
+    account = store.accounts.get(account_id)
+    assert (account.balance, account.reserved) == (BALANCE, PRICE)  # only the waiting job's hold
+
+
+def test_a_main_queue_worker_runs_the_retention_sweep(client, store, settings, metered, runner):
+    _, auth = metered
+    sweeping = settings.model_copy(update={"gc_interval_s": 0.2, "retention_days": 1.0})
+    runner(sweeping).start()
+    generation_id = create(client, auth)
+    assert wait_terminal(client, auth, generation_id)["state"] == "completed"
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    with store.db.engine.begin() as conn:  # created and finished two days ago
+        conn.execute(
+            generations.update()
+            .where(generations.c.id == generation_id)
+            .values(created_at=two_days_ago, finished_at=two_days_ago)
+        )
+    deadline = time.monotonic() + 20
+    while store.generations.get(generation_id).purged_at is None:
+        assert time.monotonic() < deadline, "the sweeper did not purge the old generation"
+        time.sleep(0.1)
+    response = client.get(f"/v1/generations/{generation_id}", headers=auth)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Generation output was deleted after the retention period"}
+    outputs = settings.resolved_blob_dir / "outputs"
+    assert not [path for path in outputs.rglob("*") if path.is_file()]
+
+
+def test_serve_s_in_process_worker_starts_again_once_temporal_is_reachable(
+    settings, store, blobs, tmp_path, monkeypatch
+):
+    from daguerre.worker import temporal as module
+
+    monkeypatch.setattr(module, "RESTART_S", 0.2)
+    port = free_port()
+    later = settings.model_copy(update={"temporal_address": f"127.0.0.1:{port}"})
+    thread = RunnerThread(TemporalRunner(later, store, blobs))
+    thread.start(timeout=30)
+    server = None
+    try:
+        assert thread.error is not None and not thread.runner.ready.is_set()  # nothing listens yet
+        server = TemporalServer.start(tmp_path / "temporal", port=port)
+        assert thread.runner.ready.wait(30), "the worker did not start once Temporal was there"
+    finally:
+        thread.stop(timeout=15)
+        if server is not None:
+            server.stop()
+
+
+@pytest.mark.parametrize(
+    ("execution", "flags", "says"),
+    [
+        ("embedded", ["--engine-only"], '--engine-only, --model and --no-engine need execution = "temporal"'),
+        ("embedded", ["--model", "uni-1"], '--engine-only, --model and --no-engine need execution'),
+        ("embedded", ["--no-engine"], '--engine-only, --model and --no-engine need execution'),
+        ("temporal", ["--no-engine", "--engine-only"], "--no-engine runs no engine"),
+        ("temporal", ["--no-engine", "--model", "uni-1"], "--no-engine runs no engine"),
+        ("temporal", ["--engine-only", "--model", "uni-3"], "no such model in the models file: uni-3"),
+    ],
+)
+def test_worker_flags_that_do_not_fit_are_refused_in_one_line(tmp_path, models_file, execution, flags, says):
+    from typer.testing import CliRunner
+
+    from daguerre.cli import app
+
+    env = {"DAGUERRE_EXECUTION": execution, "DAGUERRE_DATA_DIR": str(tmp_path / "data")}
+    result = CliRunner().invoke(app, ["worker", "--models", str(models_file), *flags], env=env)
+    assert result.exit_code == 2, result.output
+    assert says in result.stderr and "Traceback" not in result.output

@@ -416,6 +416,32 @@ class GenerationStore:
                     .values(outbox_at=None)
                 )
 
+    def unstarted(self, created_before: datetime, limit: int = 100) -> list[str]:
+        """Ids of the rows created before `created_before` that are still queued although their
+        start was handed over (not in the outbox), oldest first."""
+        query = (
+            sa.select(g.c.id)
+            .where(g.c.state == State.QUEUED.value, g.c.outbox_at.is_(None), g.c.created_at < created_before)
+            .order_by(g.c.created_at)
+            .limit(limit)
+        )
+        with self._db.read() as conn:
+            return [row.id for row in conn.execute(query)]
+
+    def fail_unstarted(self, generation_id: str, code: FailureCode, reason: str) -> bool:
+        """Fail a generation that is still queued (nobody ever started it), releasing its hold;
+        False when it is no longer queued."""
+        with self._db.write() as conn:
+            result = conn.execute(
+                g.update()
+                .where(g.c.id == generation_id, g.c.state == State.QUEUED.value)
+                .values(**_failed(code, reason))
+            )
+            if result.rowcount != 1:
+                return False
+            money.settle(conn, generation_id, money.Settlement.RELEASE)
+        return True
+
     def renew(self, generation_id: str, token: str, lease_s: float) -> bool:
         """Extend the lease; False when the lease is lost (then the worker must stop)."""
         return self._transition(generation_id, token, lease_expires_at=utcnow() + timedelta(seconds=lease_s))

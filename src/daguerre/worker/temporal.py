@@ -32,13 +32,15 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -49,11 +51,14 @@ from daguerre.errors import Cancelled, JobFailure, Transient
 from daguerre.moderation import Moderator
 from daguerre.settings import Settings
 from daguerre.store import Store
+from daguerre.store.clock import utcnow
 from daguerre.wire import FailureCode
 from daguerre.worker.stages import EngineRequest, Generated, Prepared, StageContext
 from daguerre.worker.stages import finalize as finalize_stage
 from daguerre.worker.stages import generate as generate_stage
 from daguerre.worker.stages import prepare as prepare_stage
+from daguerre.worker.sweep import Sweeper
+from daguerre.worker.threads import HostWorkers, ThreadBudget
 from daguerre.worker.workflow import JOB_FAILURE, TRANSIENT, Generation
 
 log = logging.getLogger(__name__)
@@ -71,9 +76,11 @@ class Activities:
     """The activities of one worker process, over its StageContext (store None on engine-only
     workers: they run `generate` alone)."""
 
-    def __init__(self, ctx: StageContext, owner: str) -> None:
+    def __init__(self, ctx: StageContext, owner: str, threads: ThreadBudget | None = None) -> None:
         self.ctx = ctx
         self.owner = owner
+        self.threads = threads
+        """Sizes the engine's CPU threads before each generate (None: torch's own default)."""
 
     @property
     def store(self) -> Store:
@@ -107,8 +114,8 @@ class Activities:
         try:
             with _Heartbeats(self.ctx.settings.temporal_heartbeat_timeout_s / 4) as beats:
                 registry.engine(request.model)  # loaded once per process, heartbeating meanwhile
-                if self.ctx.settings.engine_threads is not None:
-                    set_engine_threads(self.ctx.settings.engine_threads)
+                if self.threads is not None:
+                    set_engine_threads(self.threads.threads())
 
                 def on_step(step: int, total: int) -> None:
                     beats.progress = (step, total)
@@ -184,7 +191,12 @@ class _Heartbeats:
 class TemporalRunner:
     """Temporal workers in one process: the main queue (the workflow, prepare, finalize, fail),
     unless `engine_only`, and the engine queue of each model, one generate at a time per model.
-    Models are loaded on their first job and kept for the life of the process."""
+    Models are loaded on their first job and kept for the life of the process.
+
+    A process with the main queue also warms the moderation models before it polls, and runs the
+    reaper and the retention sweeper (every `gc_interval_s`, on a thread of its own). Each engine
+    queue counts as one engine worker in the host's registry, so the engine threads are shared out
+    as in the embedded pool (worker.threads)."""
 
     def __init__(
         self,
@@ -209,10 +221,12 @@ class TemporalRunner:
         registry = ModelRegistry(specs, allow_downloads=settings.allow_downloads)
         ctx = StageContext(settings, blobs, moderator, None if engine_only else store, registry)
         prefix = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.activities = Activities(ctx, prefix)
+        self.host = HostWorkers(settings.data_dir / "run" / "workers", len(self.models))
+        self.activities = Activities(ctx, prefix, ThreadBudget(self.host, settings.engine_threads))
+        self.sweeper = None if store is None or engine_only else Sweeper(settings, store, blobs)
         self._client = client
         self.ready = threading.Event()
-        """Set once every worker polls its task queue."""
+        """Set once every worker polls its task queue (cleared when they stop)."""
 
     async def connect(self) -> Client:
         if self._client is None:
@@ -224,6 +238,8 @@ class TemporalRunner:
     async def run(self, stop: asyncio.Event) -> None:
         client = await self.connect()
         acts = self.activities
+        if not self.engine_only:
+            await asyncio.to_thread(acts.ctx.moderator.warm)  # before the first job, as embedded
         executors: list[concurrent.futures.ThreadPoolExecutor] = []
         workers: list[Worker] = []
         if not self.engine_only:
@@ -259,6 +275,11 @@ class TemporalRunner:
             )
         tasks = [asyncio.create_task(worker.run()) for worker in workers]
         reaper = None if self.engine_only else asyncio.create_task(self._reap(stop))
+        halt = threading.Event()  # the sweeper's stop
+        if self.sweeper is not None and self.settings.gc_interval_s > 0:
+            threading.Thread(target=self.sweeper.run, args=(halt,), name="gc", daemon=True).start()
+        if self.models:
+            self.host.__enter__()
         log.info(
             "temporal worker: %s%s",
             "" if self.engine_only else f"queue {main_task_queue(self.settings)}, ",
@@ -272,6 +293,10 @@ class TemporalRunner:
                 if task is not stopped and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
+            self.ready.clear()
+            halt.set()
+            if self.models:
+                self.host.__exit__(None, None, None)
             if reaper is not None:
                 reaper.cancel()
             await asyncio.gather(*(worker.shutdown() for worker in workers), return_exceptions=True)
@@ -283,20 +308,60 @@ class TemporalRunner:
 
     async def _reap(self, stop: asyncio.Event) -> None:
         """The embedded reaper's TTL rule still holds: a row active past the active-job TTL (its
-        workflow lost, say) fails with generation_failed."""
+        workflow lost, say) fails with generation_failed; and so does a row still queued whose
+        workflow ended without starting it (`reap_unstarted`)."""
         store = self.activities.store
         while not stop.is_set():
             try:
                 for reaped in await asyncio.to_thread(store.generations.reap, self.settings.active_job_ttl_s):
                     log.warning("reaped %s: %s", reaped.id, reaped.reason)
+                await self.reap_unstarted(utcnow() - timedelta(seconds=self.settings.active_job_ttl_s))
             except Exception:
                 log.exception("reaping failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.reap_interval_s)
 
 
+    async def reap_unstarted(self, created_before: datetime) -> list[str]:
+        """Fail the rows created before `created_before` that are still queued although their
+        workflow has ended (its prepare timed out while the database or every main-queue worker
+        was down for longer than the active-job TTL, or someone terminated it): nothing would
+        ever run or release them. A row whose workflow still runs is left alone. Returns the ids."""
+        store = self.activities.store
+        client = await self.connect()
+        failed = []
+        for generation_id in await asyncio.to_thread(store.generations.unstarted, created_before):
+            if not await _workflow_ended(client, generation_id):
+                continue
+            if await asyncio.to_thread(
+                store.generations.fail_unstarted, generation_id, FailureCode.GENERATION_FAILED, UNSTARTED
+            ):
+                log.warning("reaped %s: %s", generation_id, UNSTARTED)
+                failed.append(generation_id)
+        return failed
+
+
+UNSTARTED = "Generation failed: it could not be started within the active-job limit"
+
+
+async def _workflow_ended(client: Client, workflow_id: str) -> bool:
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:  # ended, and past the namespace's retention
+            return True
+        raise
+    return description.status != WorkflowExecutionStatus.RUNNING
+
+
+RESTART_S = 5.0
+"""How long `daguerre serve`'s in-process Temporal worker waits before it starts again after it
+stopped on an error (Temporal unreachable at start, say)."""
+
+
 class RunnerThread:
-    """A TemporalRunner on a thread of its own, with its own event loop (`daguerre serve`)."""
+    """A TemporalRunner on a thread of its own, with its own event loop (`daguerre serve`); it
+    starts again after an error, so the API never goes on without its worker."""
 
     def __init__(self, runner: TemporalRunner) -> None:
         self.runner = runner
@@ -307,19 +372,24 @@ class RunnerThread:
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
-
         try:
-            self._loop.run_until_complete(self.runner.run(self._stop))
-        except BaseException as exc:
-            self.error = exc
-            log.exception("the temporal worker stopped")
+            while not self._stop.is_set():
+                try:
+                    self._loop.run_until_complete(self.runner.run(self._stop))
+                except Exception as exc:  # Temporal unreachable, say: the API goes on; try again
+                    self.error = exc
+                    log.exception("the temporal worker stopped; starting it again in %g s", RESTART_S)
+                    with contextlib.suppress(TimeoutError):
+                        self._loop.run_until_complete(asyncio.wait_for(self._stop.wait(), RESTART_S))
         finally:
-            self.runner.ready.set()
             self._loop.close()
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start the thread; wait until the worker polls, or its first start failed (`error`)."""
         self._thread.start()
-        self.runner.ready.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not self.runner.ready.wait(0.05) and self.error is None and time.monotonic() < deadline:
+            pass
 
     def stop(self, timeout: float | None = None) -> None:
         if self._thread.is_alive():
