@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from daguerre.store.schema import generations, ledger
 from support.cluster import Cluster, ClusterServices, run_cli
-from support.helpers import wait_for_generation, write_models_file
+from support.helpers import start_server, wait_for_generation, write_models_file
 
 SLOW = {"steps": 10, "step_s": 0.2}
 """uni-1: two seconds, ten heartbeats; long enough to be killed mid-generation."""
@@ -211,3 +211,27 @@ def test_an_api_process_killed_during_a_burst_of_creates_loses_nothing(cluster, 
         generation_id: [PRICES["uni-1-max"]] for generation_id in committed
     }
     cluster.restart_api(0)
+
+
+def test_serve_runs_the_api_and_a_temporal_worker_in_one_process(tmp_path, temporal_server):
+    """The one-GPU-box topology: `daguerre serve` with execution = temporal and its in-process
+    worker, on SQLite and local blobs."""
+    models = write_models_file(
+        tmp_path / "models.toml", {"*": {"engine": "python", "entrypoint": "support.engines:ScriptedEngine"}}
+    )
+    live = start_server(
+        tmp_path / "data",
+        models,
+        workers=1,
+        DAGUERRE_EXECUTION="temporal",
+        DAGUERRE_TEMPORAL_ADDRESS=temporal_server.address,
+        DAGUERRE_TEMPORAL_TASK_QUEUE=f"serve-{tmp_path.name}",
+    )
+    try:
+        with luma_agents.Luma(auth_token=live.key, base_url=live.api_url) as luma:
+            done = wait_for_generation(luma, luma.generations.create(prompt="a lamp").id, 60)
+        assert done.state == "completed", (done.failure_code, done.failure_reason)
+        assert httpx.get(done.output[0].url, timeout=30).content.startswith(b"\x89PNG")
+        assert f"temporal worker: queue serve-{tmp_path.name}" in live.log()
+    finally:
+        assert live.stop() in (0, -signal.SIGTERM), live.log()
