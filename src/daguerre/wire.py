@@ -363,6 +363,20 @@ class FileList(BaseModel):
     next_cursor: str | None = None
 
 
+GENERATION_LIST_MAX = 100
+GENERATION_LIST_DEFAULT = 25
+
+
+class GenerationList(BaseModel):
+    """A page of the caller's generations, newest first (daguerre extension, shaped like FileList)."""
+
+    model_config = _ALWAYS_SENT
+
+    data: list[Generation]
+    has_more: bool
+    next_cursor: str | None = None
+
+
 USAGE_GROUPS: tuple[str, ...] = ("model", "user_id", "day")
 
 

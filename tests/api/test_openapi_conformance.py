@@ -38,6 +38,7 @@ SEMANTIC_REFUSALS: dict[str, tuple[str, ...]] = {
     "POST /v1/files": ("400",),  # expires_at in the past; inline bytes that are not an image type
     "POST /v1/files/{file_id}/complete": ("400",),  # no bytes uploaded yet
     "GET /v1/files": ("400",),  # a cursor this server did not mint
+    "GET /v1/generations": ("400",),  # a cursor this server did not mint
     "GET /v1/usage": ("400",),  # `to` not after `from`, or a range over 366 days
 }
 ACCEPTED = ("2xx", "3xx", "401", "403", "404", "409", "429", "5xx")  # schemathesis's default
@@ -97,7 +98,7 @@ def schemathesis_config(key: str) -> schemathesis.Config:
         ("PUT", "/v1/files/anything", "DELETE, GET"),
         ("PATCH", "/v1/files", "GET, POST"),
         ("GET", "/v1/files/anything/complete", "POST"),
-        ("DELETE", "/v1/generations", "POST"),
+        ("DELETE", "/v1/generations", "GET, POST"),
         ("POST", "/v1/generations/anything", "GET"),
         ("POST", "/v1/usage", "GET"),
     ],
@@ -120,6 +121,7 @@ def test_the_document_lists_what_each_route_answers(client):
     assert statuses == {
         "POST /v1/generations": {"201", "400", "401", "402", "403", "413", "422", "429", "503"},
         "GET /v1/generations/{generation_id}": {"200", "401", "403", "404"},
+        "GET /v1/generations": {"200", "400", "401", "403"},
         "POST /v1/files": {"201", "400", "401", "403", "413"},
         "GET /v1/files": {"200", "400", "401", "403"},
         "POST /v1/files/{file_id}/complete": {"200", "400", "401", "403", "404"},

@@ -16,7 +16,6 @@ which also deletes files past their `expires_at`.
 
 from __future__ import annotations
 
-import base64
 import logging
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -24,6 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from daguerre.api.cursors import decode_cursor, encode_cursor
 from daguerre.api.deps import CallerDep, Services, base_url, json_body, services
 from daguerre.api.openapi import AUTH_ERRORS, errors
 from daguerre.blobs import BlobNotFound
@@ -229,29 +229,13 @@ def list_files(
         raise ApiError(400, "purpose: must be one of input, reference")
     if state is not None and state not in tuple(s.value for s in FileState):
         raise ApiError(400, "state: must be one of pending, ready, failed, deleted")
-    after = _decode_cursor(cursor) if cursor else None
+    after = decode_cursor(cursor) if cursor else None
     page = services(request).store.files.page(caller.account_id, size, after, purpose, state)
-    next_cursor = _encode_cursor(page.files[-1]) if page.has_more and page.files else None
+    last = page.files[-1] if page.has_more and page.files else None
+    next_cursor = encode_cursor(last.created_at, last.id) if last is not None else None
     return JSONModelResponse(
         FileList(data=[to_wire(f) for f in page.files], has_more=page.has_more, next_cursor=next_cursor)
     )
-
-
-def _encode_cursor(record: FileRecord) -> str:
-    raw = f"{record.created_at.isoformat()}|{record.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, file_id = raw.split("|", 1)
-        moment = datetime.fromisoformat(created)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "cursor: invalid") from None
-    if moment.tzinfo is None or moment.utcoffset() != timedelta(0):  # cursors are minted in UTC
-        raise ApiError(400, "cursor: invalid")
-    return moment, file_id
 
 
 @router.get(

@@ -86,6 +86,12 @@ class GenerationSummary:
 
 
 @dataclass(frozen=True)
+class GenerationPage:
+    generations: list[GenerationSummary]
+    has_more: bool
+
+
+@dataclass(frozen=True)
 class NewGeneration:
     """What the API hands the store to create a generation."""
 
@@ -266,6 +272,52 @@ class GenerationStore:
         if self._db.reads_inline:
             return self.summary(generation_id, account_id)
         return await asyncio.to_thread(self.summary, generation_id, account_id)
+
+    def page(
+        self,
+        account_id: str,
+        limit: int,
+        before: tuple[datetime, str] | None = None,
+        *,
+        state: State | None = None,
+        model: str | None = None,
+        type: GenerationType | None = None,
+        user_id: str | None = None,
+    ) -> GenerationPage:
+        """The account's generations, newest first (created_at, then id, descending), `limit` of
+        them after `before` (the (created_at, id) of the previous page's last one), those the
+        retention policy purged left out (GET answers 404 for them).
+
+        Each state is read through the account index (account_id, state, created_at) in index
+        order, at most limit + 1 rows, and the four are merged: no new index (each one keyed by
+        account is a random B-tree insert on every create) and no sort of the account's history.
+        `model`, `type` and `user_id` filter the rows as they are read."""
+        conditions = [g.c.account_id == account_id, g.c.purged_at.is_(None)]
+        for column, value in ((g.c.model, model), (g.c.type, type), (g.c.user_id, user_id)):
+            if value is not None:
+                conditions.append(column == value)
+        if before is not None:
+            created_at, generation_id = before
+            conditions.append(
+                sa.or_(
+                    g.c.created_at < created_at, sa.and_(g.c.created_at == created_at, g.c.id < generation_id)
+                )
+            )
+        columns = [g.c[field.name] for field in fields(GenerationSummary)]
+        newest = (g.c.created_at.desc(), g.c.id.desc())
+        per_state = [
+            sa.select(*columns)
+            .where(*conditions, g.c.state == one.value)
+            .order_by(*newest)
+            .limit(limit + 1)
+            .subquery()
+            for one in ([state] if state is not None else list(State))
+        ]
+        merged = sa.union_all(*(sa.select(part) for part in per_state)).subquery()
+        query = sa.select(merged).order_by(merged.c.created_at.desc(), merged.c.id.desc()).limit(limit + 1)
+        with self._db.read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return GenerationPage([_summary(row) for row in rows[:limit]], has_more=len(rows) > limit)
 
     def count_active(self, account_id: str, up_to: int) -> int:
         """Generations of the account not yet completed or failed (its concurrency slots), counted
