@@ -68,6 +68,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
                 relay_task.cancel()
                 with suppress(asyncio.CancelledError):
                     await relay_task
+            await svc.starts.drain(STARTS_DRAIN_S)  # what is still starting then is the relay's
             await svc.dispatcher.close()
             await svc.limiter.close()
             gc.unfreeze()
@@ -106,6 +107,9 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
+
+STARTS_DRAIN_S = 5.0
+"""How long shutdown waits for the workflow starts in flight."""
 
 # Young-generation threshold once the server runs (CPython's default is 700 allocations).
 GC_GEN0_THRESHOLD = 20_000

@@ -12,13 +12,14 @@ import hmac
 import inspect
 import re
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 
 from daguerre.api.ratelimit import RequestRateLimiter
+from daguerre.api.relay import Starts
 from daguerre.blobs import BlobStore
 from daguerre.dispatch import Dispatcher, open_dispatcher
 from daguerre.errors import ApiError
@@ -47,6 +48,8 @@ class Services:
     moderator: Moderator
     dispatcher: Dispatcher
     """Hands committed generations to the executor (dispatch: embedded table queue or Temporal)."""
+    starts: Starts = field(default_factory=Starts)
+    """Workflow starts in flight (execution = "temporal"; api.relay)."""
 
     @classmethod
     def build(cls, settings: Settings, store: Store, blobs: BlobStore) -> Services:

@@ -18,7 +18,6 @@ from daguerre import pricing
 from daguerre.api.deps import RequestRoute, authenticate, base_url, json_body, services
 from daguerre.api.ingest import ingest_inputs
 from daguerre.api.openapi import RATE_LIMIT_HEADERS, RETRY_AFTER_HEADER
-from daguerre.api.relay import dispatch_committed
 from daguerre.blobs import BlobStore
 from daguerre.dispatch import Dispatch
 from daguerre.errors import ApiError
@@ -166,8 +165,8 @@ async def create_generation(request: Request) -> GenerationResponse:
         if outcome == Refusal.CONCURRENCY:
             raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
         raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
-    if svc.dispatcher.outbox:  # committed: start its workflow now (the relay retries a failure)
-        await dispatch_committed(svc, Dispatch(generation_id, caller.account_id, create.model))
+    if svc.dispatcher.outbox:  # committed: start its workflow (the relay retries a failure)
+        svc.starts.start_soon(svc, Dispatch(generation_id, caller.account_id, create.model))
     headers = decision.headers() if decision is not None else None
     return GenerationResponse(to_wire(outcome, blobs, request), status_code=201, headers=headers)
 

@@ -1,7 +1,8 @@
 """The hand-off of committed generations to the executor (execution = "temporal").
 
 The create transaction writes the row, the hold and the outbox mark (`outbox_at`) together; after
-the commit the API starts the workflow (`dispatch_committed`) and clears the mark. An API process
+the commit the API starts the workflow in the background (`Starts.start_soon`: the 201 does not
+wait for Temporal, it is correct once the row is committed) and clears the mark. An API process
 that dies between the commit and the start, or a Temporal that is briefly unreachable, leaves the
 mark: the relay, a task in every API process, starts every row still marked a few seconds after its
 create. Starting twice is harmless (the workflow id is the generation id), so API processes need
@@ -13,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from daguerre.api.deps import Services
 from daguerre.dispatch import Dispatch
 from daguerre.store.clock import utcnow
+
+if TYPE_CHECKING:
+    from daguerre.api.deps import Services
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,28 @@ RELAY_AFTER_S = 5.0
 """A row still in the outbox this long after its create is started by the relay."""
 RELAY_INTERVAL_S = 2.0
 RELAY_BATCH = 100
+MAX_STARTING = 256
+"""Workflow starts in flight per API process: past it a create leaves its start to the relay, so a
+slow Temporal never piles up tasks in memory."""
+
+
+class Starts:
+    """The workflow starts of committed creates, run as tasks of the API's event loop."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start_soon(self, svc: Services, job: Dispatch) -> None:
+        if len(self._tasks) >= MAX_STARTING:
+            return  # the row stays in the outbox: the relay starts it
+        task = asyncio.get_running_loop().create_task(dispatch_committed(svc, job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for the starts in flight (shutdown; tests)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
 
 
 async def dispatch_committed(svc: Services, job: Dispatch) -> None:

@@ -1,7 +1,14 @@
 """The Temporal workflow of one generation: prepare → generate → finalize (or fail).
 
 Workflow code is replayed by Temporal and must be deterministic: this module does no I/O, reads
-no settings and imports nothing with side effects. Activities are called by name (they live in
+no settings and imports nothing with side effects (which is why worker.temporal may run it outside
+Temporal's sandbox).
+
+`prepare`, `finalize` and `fail` are local activities: they run in the worker that runs the
+workflow, right after the workflow task that asks for them, instead of going through the task
+queue as activities of their own. They are short (the database and the blobs) and every one of
+them is fenced by the row, so running one again after a crash is harmless; `generate` stays a
+regular activity on the model's own queue, with heartbeats. Activities are called by name (they live in
 worker.temporal); their arguments and results are plain data. What the workflow needs of the
 deployment (the engine's task queue, attempts, the active-job TTL, the heartbeat timeout) comes
 in its argument, made by dispatch.workflow_input.
@@ -57,7 +64,7 @@ class Generation:
         ttl = timedelta(seconds=job.active_job_ttl_s)
         # prepare, finalize and fail only touch the database and the blobs: retried until the TTL.
         steady = RetryPolicy(initial_interval=timedelta(seconds=0.5), maximum_interval=timedelta(seconds=10))
-        request: dict[str, Any] | None = await workflow.execute_activity(
+        request: dict[str, Any] | None = await workflow.execute_local_activity(
             "prepare",
             job.generation_id,
             schedule_to_close_timeout=ttl,
@@ -83,7 +90,7 @@ class Generation:
                 ),
                 result_type=str,
             )
-            outcome: str = await workflow.execute_activity(
+            outcome: str = await workflow.execute_local_activity(
                 "finalize",
                 args=[request, output_key],
                 schedule_to_close_timeout=ttl,
@@ -94,7 +101,7 @@ class Generation:
             return outcome
         except ActivityError as error:
             code, reason = failure_of(error)
-        await workflow.execute_activity(
+        await workflow.execute_local_activity(
             "fail",
             args=[job.generation_id, token, code, reason],
             start_to_close_timeout=timedelta(minutes=1),
