@@ -8,7 +8,10 @@ Command (wrk from Debian's package `wrk`; PostgreSQL 15, redis-server, and the `
 
 About four minutes on 2 cores.
 
-Everything runs on 127.0.0.1 and is stopped at the end. The cluster (tests/support/cluster.py):
+Everything runs on 127.0.0.1 and is stopped at the end. The Temporal dev server keeps its state in
+memory (`--temporal-file`: in its SQLite file, a disk write on every state change) and reads its
+transfer queue as often as needed (tests/support/temporal.py; docs/deployment.md, "Latency under
+load"). The cluster (tests/support/cluster.py):
 two `daguerre serve --workers 0` API processes with execution = temporal, sharing PostgreSQL 15,
 an S3 bucket (SeaweedFS `weed mini`), Redis (rate limits) and a Temporal dev server, and four full
 `daguerre worker` processes (each one polls the main queue: the workflow, prepare, finalize; and
@@ -408,7 +411,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         (work / "redis").mkdir()
         redis = RedisServer(work / "redis")
         stack.callback(redis.stop)
-        temporal = TemporalServer.start(work / "temporal")
+        temporal = TemporalServer.start(work / "temporal", in_memory=args.temporal_in_memory)
         stack.callback(temporal.stop)
         services = ClusterServices(postgres, seaweedfs, redis, temporal)
 
@@ -566,6 +569,12 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument(
+        "--temporal-file",
+        dest="temporal_in_memory",
+        action="store_false",
+        help="keep the Temporal dev server's state in a SQLite file (default: in memory)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")

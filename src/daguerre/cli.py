@@ -421,8 +421,8 @@ def worker(
         list[str] | None,
         typer.Option(
             "--model",
-            help="Serve only this model's engine queue (repeatable; default: every model in the "
-            "models file). execution = temporal only.",
+            help="Serve only this model's engine queue (repeatable, or comma-separated: "
+            "--model uni-1,uni-1-max; default: every model in the models file). execution = temporal only.",
             show_default=False,
         ),
     ] = None,
@@ -446,7 +446,8 @@ def worker(
     if settings.execution == "temporal":
         if no_engine and (engine_only or model):
             _fail(USAGE, "--no-engine runs no engine: it goes with neither --engine-only nor --model")
-        _temporal_worker(settings, engine_only=engine_only, models=[] if no_engine else model)
+        chosen = None if model is None else [name.strip() for names in model for name in names.split(",")]
+        _temporal_worker(settings, engine_only=engine_only, models=[] if no_engine else chosen)
         return
     if engine_only or model or no_engine:
         _fail(USAGE, '--engine-only, --model and --no-engine need execution = "temporal"')

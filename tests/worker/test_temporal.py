@@ -433,6 +433,7 @@ def test_serve_s_in_process_worker_starts_again_once_temporal_is_reachable(
         ("temporal", ["--no-engine", "--engine-only"], "--no-engine runs no engine"),
         ("temporal", ["--no-engine", "--model", "uni-1"], "--no-engine runs no engine"),
         ("temporal", ["--engine-only", "--model", "uni-3"], "no such model in the models file: uni-3"),
+        ("temporal", ["--engine-only", "--model", "uni-1,uni-3"], "no such model in the models file: uni-3"),
     ],
 )
 def test_worker_flags_that_do_not_fit_are_refused_in_one_line(tmp_path, models_file, execution, flags, says):
