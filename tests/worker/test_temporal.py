@@ -428,8 +428,8 @@ def test_serve_s_in_process_worker_starts_again_once_temporal_is_reachable(
     ("execution", "flags", "says"),
     [
         ("embedded", ["--engine-only"], '--engine-only, --model and --no-engine need execution = "temporal"'),
-        ("embedded", ["--model", "uni-1"], '--engine-only, --model and --no-engine need execution'),
-        ("embedded", ["--no-engine"], '--engine-only, --model and --no-engine need execution'),
+        ("embedded", ["--model", "uni-1"], "--engine-only, --model and --no-engine need execution"),
+        ("embedded", ["--no-engine"], "--engine-only, --model and --no-engine need execution"),
         ("temporal", ["--no-engine", "--engine-only"], "--no-engine runs no engine"),
         ("temporal", ["--no-engine", "--model", "uni-1"], "--no-engine runs no engine"),
         ("temporal", ["--engine-only", "--model", "uni-3"], "no such model in the models file: uni-3"),
