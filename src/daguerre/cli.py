@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -503,6 +504,19 @@ def _temporal_worker(settings: Settings, *, engine_only: bool, models: list[str]
     finally:
         if store is not None:
             store.close()
+    _exit_without_teardown()
+
+
+def _exit_without_teardown() -> NoReturn:
+    """End a Temporal worker process once it has stopped cleanly, skipping the interpreter's
+    teardown: the Temporal SDK's native threads can outlive it and abort the process (SIGABRT,
+    "PyGILState_Release: thread state ... must be current when releasing", temporalio/sdk-python
+    issue 300; seen here on an engine-only worker stopped with SIGTERM), which a supervisor would
+    report as a crash. Everything of ours is closed by now; logs and output are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command()

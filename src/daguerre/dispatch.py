@@ -47,6 +47,10 @@ class Dispatcher(Protocol):
         """Start the generation; True when it is started (now or before). Never raises."""
         ...
 
+    async def cancel(self, generation_id: str) -> None:
+        """Stop the run of a generation whose row was just cancelled. Never raises."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -80,6 +84,9 @@ class TableQueue:
 
     async def dispatch(self, job: Dispatch) -> bool:
         return True
+
+    async def cancel(self, generation_id: str) -> None:
+        pass  # the worker running it sees its lease gone at the next engine step
 
     async def close(self) -> None:
         pass
@@ -131,6 +138,20 @@ class TemporalDispatcher:
             )
             return False
         return True
+
+    async def cancel(self, generation_id: str) -> None:
+        """Cancel the workflow: Temporal cancels its running `generate`, which stops at its next
+        heartbeat (worker.temporal). The row is already failed, so nothing it might still finish
+        is written."""
+        from temporalio.service import RPCError
+
+        try:
+            client = await asyncio.wait_for(self.client(), self.START_TIMEOUT_S)
+            await client.get_workflow_handle(generation_id).cancel(
+                rpc_timeout=timedelta(seconds=self.START_TIMEOUT_S)
+            )
+        except (RPCError, TimeoutError, RuntimeError) as exc:  # not found, already closed, unreachable
+            log.info("cancelling the workflow of %s: %s", generation_id, exc or type(exc).__name__)
 
     async def close(self) -> None:
         self._client = None  # the client holds no resources that need closing

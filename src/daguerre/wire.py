@@ -235,6 +235,8 @@ class Reason:
     BUDGET_EXHAUSTED = "Insufficient credits to complete this generation."
     GENERATION_FAILED = "Generation failed"
     OUTPUT_NOT_FOUND = "Output artifacts not found"
+    CANCELLED = "Cancelled by request"
+    """daguerre's: `POST /v1/generations/{id}/cancel` (an extension)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -122,6 +122,7 @@ def test_the_document_lists_what_each_route_answers(client):
         "POST /v1/generations": {"201", "400", "401", "402", "403", "413", "422", "429", "503"},
         "GET /v1/generations/{generation_id}": {"200", "401", "403", "404"},
         "GET /v1/generations": {"200", "400", "401", "403"},
+        "POST /v1/generations/{generation_id}/cancel": {"200", "401", "403", "404"},
         "POST /v1/files": {"201", "400", "401", "403", "413"},
         "GET /v1/files": {"200", "400", "401", "403"},
         "POST /v1/files/{file_id}/complete": {"200", "400", "401", "403", "404"},

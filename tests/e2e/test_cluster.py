@@ -85,8 +85,8 @@ def runs_of(runs_dir: Path, generation_id: str) -> list[int]:
     """The pid of every engine run of the generation, in order (see ScriptedEngine's runs_dir)."""
     found = []
     for path in runs_dir.glob(f"{generation_id}.*"):
-        _, pid, _ = path.name.rsplit(".", 2)
-        found.append((path.stat().st_mtime_ns, int(pid)))
+        _, pid, started_ns = path.name.rsplit(".", 2)  # ScriptedEngine: started at monotonic ns
+        found.append((int(started_ns), int(pid)))
     return [pid for _, pid in sorted(found)]
 
 

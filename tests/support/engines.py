@@ -24,7 +24,8 @@ class ScriptedEngine:
     """Paints a solid colour derived from the prompt after `steps` steps of `step_s` seconds each.
 
     mode: "ok" | "raise" (RuntimeError) | "job_failure" (JobFailure with `code`) | "transient".
-    runs_dir: every run leaves a file there, so tests can count how often a job ran and where.
+    runs_dir: every run leaves a file there, so tests can count how often a job ran and where; the
+    file's size is the number of steps the run finished (a byte per step).
     """
 
     def __init__(
@@ -46,11 +47,16 @@ class ScriptedEngine:
         self.runs_dir = Path(runs_dir) if runs_dir else None
 
     def generate(self, job: EngineJob, on_step: StepHook) -> Image.Image:
+        run = None
         if self.runs_dir is not None:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
-            (self.runs_dir / f"{job.id}.{os.getpid()}.{time.monotonic_ns()}").write_text(job.prompt)
+            run = self.runs_dir / f"{job.id}.{os.getpid()}.{time.monotonic_ns()}"
+            run.touch()
         for step in range(1, self.steps + 1):
             time.sleep(self.step_s)
+            if run is not None:
+                with run.open("ab") as steps_done:
+                    steps_done.write(b".")
             on_step(step, self.steps)
         if self.mode == "raise":
             raise RuntimeError("engine exploded")

@@ -277,11 +277,13 @@ def engine_worker(
 
 
 def runs_of(runs_dir: Path, generation_id: str) -> list[tuple[int, float]]:
-    """(pid, when) of every engine run of the generation (see ScriptedEngine's runs_dir)."""
+    """(pid, time.monotonic() at its start) of every engine run of the generation, in order (see
+    ScriptedEngine's runs_dir: the file name ends with the start's monotonic nanoseconds, a clock
+    every process of the host shares)."""
     found = []
     for path in runs_dir.glob(f"{generation_id}.*"):
-        _, pid, _ = path.name.rsplit(".", 2)
-        found.append((int(pid), path.stat().st_mtime))
+        _, pid, started_ns = path.name.rsplit(".", 2)
+        found.append((int(pid), int(started_ns) / 1e9))
     return sorted(found, key=lambda run: run[1])
 
 
@@ -304,7 +306,7 @@ def test_an_engine_only_worker_without_a_database_is_replaced_within_seconds_whe
         time.sleep(0.5)  # a few heartbeats
         first.send_signal(signal.SIGKILL)
         first.wait()
-        killed_at = time.time()
+        killed_at = time.monotonic()
         body = wait_terminal(client, auth, generation_id, timeout_s=60)
         assert body["state"] == "completed", body
         runs = runs_of(runs_dir, generation_id)

@@ -1,9 +1,15 @@
-"""Job control beyond Luma (spec §20): `GET /v1/generations`, the caller's generations page by page.
+"""Job control beyond Luma (spec §20), none of it ever called by the official SDK.
 
-Newest first, with an opaque keyset cursor (api.cursors): a page never repeats or skips a
-generation however many are created while a client pages through. Completed items carry freshly
-presigned output URLs, as a GET does; generations whose outputs the retention policy deleted are
-left out (a GET answers 404 for them). The official SDK never calls it.
+`GET /v1/generations`: the caller's generations page by page, newest first, with an opaque keyset
+cursor (api.cursors): a page never repeats or skips a generation however many are created while a
+client pages through. Completed items carry freshly presigned output URLs, as a GET does;
+generations whose outputs the retention policy deleted are left out (a GET answers 404 for them).
+
+`POST /v1/generations/{id}/cancel`: a queued or processing generation fails at once with
+`generation_failed` "Cancelled by request" and its hold is released (one guarded UPDATE); its run
+stops at the next engine step (embedded: the worker's lease check; Temporal: the workflow is
+cancelled, and the generate activity with it at its next heartbeat). A finished one is answered as
+it is. Unknown and other accounts' ids are 404.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from daguerre.api.cursors import decode_cursor, encode_cursor
 from daguerre.api.deps import CallerDep, services
 from daguerre.api.files import JSONModelResponse
-from daguerre.api.generations import to_wire
+from daguerre.api.generations import GenerationResponse, to_wire
 from daguerre.api.openapi import AUTH_ERRORS, errors
 from daguerre.errors import ApiError
 from daguerre.wire import (
@@ -23,9 +30,13 @@ from daguerre.wire import (
     GENERATION_LIST_MAX,
     MODELS,
     USER_ID_MAX_CHARS,
+    Detail,
+    Generation,
     GenerationList,
     GenerationType,
+    Reason,
     State,
+    parse_uuid,
 )
 
 router = APIRouter(prefix="/v1/generations", tags=["generations"])
@@ -95,3 +106,25 @@ def list_generations(
             next_cursor=encode_cursor(last.created_at, last.id) if last is not None else None,
         )
     )
+
+
+@router.post(
+    "/{generation_id}/cancel",
+    response_model=Generation,
+    responses=errors(*AUTH_ERRORS, 404, descriptions={404: "Generation not found"}),
+    summary="Cancel a generation (daguerre extension)",
+)
+async def cancel_generation(generation_id: str, request: Request, caller: CallerDep) -> GenerationResponse:
+    """Stop a queued or processing generation: it fails with `generation_failed`, "Cancelled by
+    request", and is not charged. A finished generation is answered unchanged."""
+    svc = services(request)
+    generations = svc.store.generations
+    canonical = parse_uuid(generation_id)
+    if canonical is not None and await run_in_threadpool(
+        generations.cancel, canonical, caller.account_id, Reason.CANCELLED
+    ):
+        await svc.dispatcher.cancel(canonical)
+    summary = None if canonical is None else await generations.summary_async(canonical, caller.account_id)
+    if summary is None:
+        raise ApiError(404, Detail.GENERATION_NOT_FOUND)
+    return GenerationResponse(to_wire(summary, svc.blobs, request))

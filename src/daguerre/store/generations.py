@@ -165,6 +165,11 @@ _GET_OWNED = _GET.where(g.c.account_id == sa.bindparam("account_id"))
 _SUMMARY_OWNED = sa.select(*(g.c[field.name] for field in fields(GenerationSummary))).where(
     g.c.id == sa.bindparam("generation_id"), g.c.account_id == sa.bindparam("account_id")
 )
+_HELD = sa.select(g.c.id).where(
+    g.c.id == sa.bindparam("generation_id"),
+    g.c.lease_token == sa.bindparam("token"),
+    g.c.state == State.PROCESSING.value,
+)
 _TERMINAL = sa.or_(g.c.state == State.COMPLETED.value, g.c.state == State.FAILED.value)
 
 
@@ -493,6 +498,25 @@ class GenerationStore:
                 return False
             money.settle(conn, generation_id, money.Settlement.RELEASE)
         return True
+
+    def cancel(self, generation_id: str, account_id: str, reason: str) -> bool:
+        """Fail the account's generation with `generation_failed` and `reason` if it is still queued
+        or processing, releasing its hold, in one guarded UPDATE; False when it was already decided
+        (or is unknown). A worker running it loses its lease: its step hook stops the engine, and
+        no result of it is ever written (`complete` needs the lease)."""
+        with self._db.write() as conn:
+            changed = conn.execute(
+                g.update()
+                .where(g.c.id == generation_id, g.c.account_id == account_id, _ACTIVE)
+                .values(**_failed(FailureCode.GENERATION_FAILED, reason))
+            ).rowcount
+            if changed == 1:
+                money.settle(conn, generation_id, money.Settlement.RELEASE)
+        return changed == 1
+
+    def holds(self, generation_id: str, token: str) -> bool:
+        """Whether `token` still holds the generation's lease (it is processing under it)."""
+        return self._db.fetch_one(_HELD, {"generation_id": generation_id, "token": token}) is not None
 
     def renew(self, generation_id: str, token: str, lease_s: float) -> bool:
         """Extend the lease; False when the lease is lost (then the worker must stop)."""

@@ -161,10 +161,12 @@ class Worker:
     # One job -----------------------------------------------------------------------------------
 
     def _step_hook(self, generation_id: str, lease: Lease, stop: threading.Event | None) -> StepHook:
-        """Stops the engine at its next step when the lease is lost, or when the worker is shutting
-        down and the grace time has run out."""
+        """Stops the engine at its next step when the lease is lost (the job was cancelled or
+        reaped, or taken by another worker), or when the worker is shutting down and the grace time
+        has run out."""
 
         def on_step(step: int, total: int) -> None:
+            lease.check()
             if lease.lost.is_set():
                 raise LeaseLost(generation_id)
             if stop is not None and stop.is_set():

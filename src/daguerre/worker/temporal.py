@@ -39,14 +39,14 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from daguerre.blobs import BlobStore
 from daguerre.dispatch import engine_task_queue, main_task_queue
 from daguerre.engine import ModelRegistry, load_models_file, set_engine_threads
-from daguerre.errors import Cancelled, JobFailure, Transient
+from daguerre.errors import JobFailure, Transient
 from daguerre.moderation import Moderator
 from daguerre.settings import Settings
 from daguerre.store import Store
@@ -119,8 +119,8 @@ class Activities:
                 def on_step(step: int, total: int) -> None:
                     beats.progress = (step, total)
                     activity.heartbeat(step, total)
-                    if activity.is_cancelled():
-                        raise Cancelled(request.generation_id)
+                    if activity.is_cancelled():  # the workflow was cancelled, or this worker stops
+                        raise CancelledError(f"{request.generation_id} cancelled")
 
                 generated = generate_stage(self.ctx, Prepared(request), on_step)
         except JobFailure as failure:

@@ -1,0 +1,93 @@
+"""Job control beyond Luma through the official SDK's raw helpers, on both profiles (the SDK has no
+methods for them: apps reach them with `luma.get` / `luma.post`): listing, and cancelling a queued
+and a running generation. On the cluster the running one is on an engine-only worker, and the
+cancel reaches it through Temporal."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from daguerre.wire import Reason
+from support.cluster import Cluster, sdk
+from support.helpers import LiveServer, scripted_models
+from support.helpers import wait_for_generation as wait
+
+STEPS = 100
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, launch, runs_dir):
+    root = tmp_path_factory.mktemp("jobs")
+    models = scripted_models(root / "models.toml", steps=STEPS, step_s=0.1, runs_dir=str(runs_dir))
+    live = launch(root, models)
+    yield live
+    assert live.stop() in (0, -signal.SIGTERM), live.log()
+
+
+@pytest.fixture(scope="module")
+def idle(tmp_path_factory, launch):
+    """A server without workers: what is created stays queued."""
+    root = tmp_path_factory.mktemp("idle")
+    live = launch(root, scripted_models(root / "models.toml"), workers=0)
+    yield live
+    assert live.stop() in (0, -signal.SIGTERM), live.log()
+
+
+def cancel(luma, generation_id: str) -> dict:
+    return luma.post(f"/generations/{generation_id}/cancel", cast_to=object)
+
+
+def steps_run(runs_dir: Path, generation_id: str) -> list[int]:
+    return [path.stat().st_size for path in runs_dir.glob(f"{generation_id}.*")]
+
+
+def test_a_running_generation_is_cancelled_and_stops(server: LiveServer | Cluster, runs_dir):
+    luma = sdk(server)
+    created = luma.generations.create(prompt="a long one", aspect_ratio="1:1")
+    deadline = time.monotonic() + 30
+    while not any(steps >= 3 for steps in steps_run(runs_dir, created.id)):
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.02)
+    body = cancel(luma, created.id)
+    assert (body["state"], body["failure_code"], body["failure_reason"]) == (
+        "failed",
+        "generation_failed",
+        Reason.CANCELLED,
+    )
+    time.sleep(1.0 if isinstance(server, LiveServer) else 4.0)  # Temporal: the next heartbeat
+    settled = steps_run(runs_dir, created.id)
+    time.sleep(0.5)
+    assert steps_run(runs_dir, created.id) == settled  # the engine stopped
+    assert len(settled) == 1 and settled[0] < STEPS
+    done = luma.generations.get(created.id)
+    assert (done.state, done.failure_reason, done.output) == ("failed", Reason.CANCELLED, [])
+
+
+def test_a_queued_generation_is_cancelled_at_once(idle):
+    luma = sdk(idle)
+    created = luma.generations.create(prompt="never run")
+    body = cancel(luma, created.id)
+    assert (body["state"], body["failure_reason"]) == ("failed", Reason.CANCELLED)
+    assert wait(luma, created.id).state == "failed"
+
+
+def test_the_list_through_the_sdk(idle):
+    luma = sdk(idle)
+    made = [luma.generations.create(prompt=f"listed {n}", user_id="lister").id for n in range(5)]
+    first = luma.get("/generations", cast_to=object, options={"params": {"limit": 3, "user_id": "lister"}})
+    assert [item["id"] for item in first["data"]] == made[::-1][:3] and first["has_more"] is True
+    rest = luma.get(
+        "/generations",
+        cast_to=object,
+        options={"params": {"limit": 3, "user_id": "lister", "cursor": first["next_cursor"]}},
+    )
+    assert [item["id"] for item in rest["data"]] == made[::-1][3:] and rest["has_more"] is False
