@@ -136,6 +136,11 @@ class Detail:
     FILE_TOO_LARGE = "file: image exceeds 50 MB limit"
     FILE_REQUIRED = "file: field required"
 
+    # Idempotency-Key (daguerre extension)
+    IDEMPOTENCY_KEY_INVALID = "Idempotency-Key: must be 1 to 255 printable ASCII characters"
+    IDEMPOTENCY_KEY_REUSED = "Idempotency-Key reused with a different request"
+    IDEMPOTENCY_KEY_BUSY = "Idempotency-Key: a request with this key is still being processed"
+
     # 402, 413, 429, 500, 503
     INSUFFICIENT_BALANCE = "Insufficient balance. Please add funds to continue."
     BODY_TOO_LARGE = "Request body too large"

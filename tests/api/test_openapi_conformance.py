@@ -35,7 +35,9 @@ SEMANTIC_REFUSALS: dict[str, tuple[str, ...]] = {
     # generation_id/file_id; referenced generations and files that do not exist or are not ready
     # (400); image bytes that do not decode or URLs that do not fetch (413, 422, 503).
     "POST /v1/generations": ("400", "413", "422", "503"),
-    "POST /v1/files": ("400",),  # expires_at in the past; inline bytes that are not an image type
+    # expires_at in the past; inline bytes that are not an image type; an Idempotency-Key that an
+    # earlier generated request used with other values (422; also for POST /v1/generations)
+    "POST /v1/files": ("400", "422"),
     "POST /v1/files/{file_id}/complete": ("400",),  # no bytes uploaded yet
     "GET /v1/files": ("400",),  # a cursor this server did not mint
     "GET /v1/generations": ("400",),  # a cursor this server did not mint
@@ -119,11 +121,11 @@ def test_the_document_lists_what_each_route_answers(client):
         for method, operation in operations.items()
     }
     assert statuses == {
-        "POST /v1/generations": {"201", "400", "401", "402", "403", "413", "422", "429", "503"},
+        "POST /v1/generations": {"201", "400", "401", "402", "403", "409", "413", "422", "429", "503"},
         "GET /v1/generations/{generation_id}": {"200", "401", "403", "404"},
         "GET /v1/generations": {"200", "400", "401", "403"},
         "POST /v1/generations/{generation_id}/cancel": {"200", "401", "403", "404"},
-        "POST /v1/files": {"201", "400", "401", "403", "413"},
+        "POST /v1/files": {"201", "400", "401", "403", "409", "413", "422"},
         "GET /v1/files": {"200", "400", "401", "403"},
         "POST /v1/files/{file_id}/complete": {"200", "400", "401", "403", "404"},
         "GET /v1/files/{file_id}": {"200", "401", "403", "404"},

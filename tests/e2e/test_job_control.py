@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import luma_agents
 import pytest
 
 from daguerre.wire import Reason
@@ -91,3 +92,16 @@ def test_the_list_through_the_sdk(idle):
         options={"params": {"limit": 3, "user_id": "lister", "cursor": first["next_cursor"]}},
     )
     assert [item["id"] for item in rest["data"]] == made[::-1][3:] and rest["has_more"] is False
+
+
+def test_an_idempotency_key_through_the_sdk(idle):
+    """On the cluster the two creates reach different API processes."""
+    luma = sdk(idle)
+    headers = {"Idempotency-Key": "sdk-order-7"}
+    first = luma.generations.with_raw_response.create(prompt="once", extra_headers=headers)
+    again = luma.generations.with_raw_response.create(prompt="once", extra_headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.parse().id == first.parse().id and again.headers["idempotent-replayed"] == "true"
+    with pytest.raises(luma_agents.UnprocessableEntityError) as reused:
+        luma.generations.create(prompt="twice", extra_headers=headers)
+    assert reused.value.body == {"detail": "Idempotency-Key reused with a different request"}

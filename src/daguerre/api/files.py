@@ -25,12 +25,14 @@ from starlette.concurrency import run_in_threadpool
 
 from daguerre.api.cursors import decode_cursor, encode_cursor
 from daguerre.api.deps import CallerDep, Services, base_url, json_body, services
-from daguerre.api.openapi import AUTH_ERRORS, errors
+from daguerre.api.idempotency import REPLAYED, find_earlier, fingerprint, requested_key
+from daguerre.api.openapi import AUTH_ERRORS, IDEMPOTENCY_KEY_PARAMETER, errors
 from daguerre.blobs import BlobNotFound
 from daguerre.errors import ApiError, JobFailure
 from daguerre.media import load_input, sniff_media_type
 from daguerre.store.clock import utcnow
 from daguerre.store.files import FileRecord, NewFile
+from daguerre.store.idempotency import IdempotencyKey, KeyRecord
 from daguerre.store.schema import file_key, upload_key
 from daguerre.validation import parse_file_create
 from daguerre.wire import (
@@ -99,9 +101,21 @@ def _own_file(request: Request, caller_account: str, file_id: str) -> FileRecord
     "",
     status_code=201,
     response_model=CreateFileResponse,
-    responses=errors(400, *AUTH_ERRORS, 413, descriptions={413: "Request body or inline file too large"}),
+    responses=errors(
+        400,
+        *AUTH_ERRORS,
+        409,
+        413,
+        422,
+        descriptions={
+            409: Detail.IDEMPOTENCY_KEY_BUSY,
+            413: "Request body or inline file too large",
+            422: Detail.IDEMPOTENCY_KEY_REUSED,
+        },
+    ),
     summary="Create a file",
     openapi_extra={
+        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {
@@ -120,35 +134,64 @@ def _own_file(request: Request, caller_account: str, file_id: str) -> FileRecord
                     }
                 },
             },
-        }
+        },
     },
 )
 async def create_file(request: Request, caller: CallerDep, background: BackgroundTasks) -> JSONModelResponse:
     """JSON: a pending file and where to PUT its bytes. Multipart: the bytes inline."""
     svc = services(request)
     content_type = request.headers.get("content-type", "").lower()
+    data = None
     if content_type.startswith("multipart/form-data"):
-        create, data = await _read_multipart(request)
-        record = await run_in_threadpool(_store_inline, svc, caller.account_id, create, data)
+        create, data, fields = await _read_multipart(request)
+        key = requested_key(request, "files", fingerprint(fields, data))
+    else:
+        body = await json_body(request)
+        create = parse_file_create(body)
+        key = requested_key(request, "files", fingerprint(body))
+    if key is not None and (earlier := await find_earlier(svc, caller.account_id, key)) is not None:
+        return _replay(request, caller.account_id, earlier)
+    new = _new_file(caller.account_id, create)
+    if data is not None:
+        record = await run_in_threadpool(_store_inline, svc, new, data, key)
+    else:
+        record = await run_in_threadpool(svc.store.files.create, new, False, key)
+    if record is None:  # a concurrent request with the same key won
+        assert key is not None
+        if (earlier := await find_earlier(svc, caller.account_id, key)) is not None:
+            return _replay(request, caller.account_id, earlier)
+        raise ApiError(409, Detail.IDEMPOTENCY_KEY_BUSY)
+    if data is not None:
         background.add_task(ingest, svc, record.id, record.account_id)
-        response = CreateFileResponse(id=record.id, state=record.state, file=to_wire(record), upload=None)
-        return JSONModelResponse(response, status_code=201)
-    create = parse_file_create(await json_body(request))
-    record = await run_in_threadpool(svc.store.files.create, _new_file(caller.account_id, create))
-    expires = utcnow() + timedelta(seconds=OUTPUT_URL_TTL_S)
-    upload = PresignedUpload(
-        expires_at=format_timestamp(expires),
-        url=svc.blobs.presign_put(
-            upload_key(record.id),
-            OUTPUT_URL_TTL_S,
-            record.mime_type,
-            base_url(request),
-            content_length=record.size_bytes,  # S3 then refuses any other size
-        ),
-        headers={"Content-Type": record.mime_type},
-    )
-    response = CreateFileResponse(id=record.id, state=record.state, file=to_wire(record), upload=upload)
-    return JSONModelResponse(response, status_code=201)
+    return JSONModelResponse(_created(request, record), status_code=201)
+
+
+def _created(request: Request, record: FileRecord) -> CreateFileResponse:
+    """The answer to a create: the file, and while it awaits its bytes where to PUT them."""
+    upload = None
+    if record.state == FileState.PENDING and record.uploaded_at is None:
+        expires = utcnow() + timedelta(seconds=OUTPUT_URL_TTL_S)
+        upload = PresignedUpload(
+            expires_at=format_timestamp(expires),
+            url=services(request).blobs.presign_put(
+                upload_key(record.id),
+                OUTPUT_URL_TTL_S,
+                record.mime_type,
+                base_url(request),
+                content_length=record.size_bytes,  # S3 then refuses any other size
+            ),
+            headers={"Content-Type": record.mime_type},
+        )
+    return CreateFileResponse(id=record.id, state=record.state, file=to_wire(record), upload=upload)
+
+
+def _replay(request: Request, account_id: str, earlier: KeyRecord) -> JSONModelResponse:
+    """The answer to a repeated Idempotency-Key: the file it made, as it is now (with a fresh
+    upload URL while it still awaits its bytes)."""
+    record = services(request).store.files.get(earlier.resource_id, account_id)
+    if record is None:
+        raise ApiError(404, Detail.FILE_NOT_FOUND)
+    return JSONModelResponse(_created(request, record), status_code=earlier.status_code, headers=REPLAYED)
 
 
 def _new_file(account_id: str, create: FileCreate) -> NewFile:
@@ -163,7 +206,7 @@ def _new_file(account_id: str, create: FileCreate) -> NewFile:
     )
 
 
-async def _read_multipart(request: Request) -> tuple[FileCreate, bytes]:
+async def _read_multipart(request: Request) -> tuple[FileCreate, bytes, dict[str, str]]:
     async with request.form(max_files=1, max_fields=16) as form:
         part = form.get("file")
         if part is None or isinstance(part, str):
@@ -174,6 +217,7 @@ async def _read_multipart(request: Request) -> tuple[FileCreate, bytes]:
         if not data:
             raise ApiError(400, "file: must not be empty")
         fields = {key: value for key, value in form.items() if isinstance(value, str)}
+        sent = dict(fields)  # what the client asked, before the defaults below
         declared = part.content_type if part.content_type and part.content_type.startswith("image/") else None
         fields["mime_type"] = (
             fields.get("mime_type") or declared or sniff_media_type(data) or "application/octet-stream"
@@ -182,12 +226,13 @@ async def _read_multipart(request: Request) -> tuple[FileCreate, bytes]:
         fields.setdefault("filename", part.filename or "")
         if not fields["filename"]:
             del fields["filename"]
-    return parse_file_create(fields, inline=True), data
+    return parse_file_create(fields, inline=True), data, sent
 
 
-def _store_inline(svc: Services, account_id: str, create: FileCreate, data: bytes) -> FileRecord:
-    record = svc.store.files.create(_new_file(account_id, create), uploaded=True)
-    svc.blobs.put(file_key(record.id), data, record.mime_type)
+def _store_inline(svc: Services, new: NewFile, data: bytes, key: IdempotencyKey | None) -> FileRecord | None:
+    record = svc.store.files.create(new, uploaded=True, idempotency_key=key)
+    if record is not None:
+        svc.blobs.put(file_key(record.id), data, record.mime_type)
     return record
 
 

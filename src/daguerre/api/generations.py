@@ -16,14 +16,16 @@ from starlette.concurrency import run_in_threadpool
 
 from daguerre import pricing
 from daguerre.api.deps import RequestRoute, authenticate, base_url, json_body, services
+from daguerre.api.idempotency import REPLAYED, find_earlier, fingerprint, requested_key
 from daguerre.api.ingest import ingest_inputs
-from daguerre.api.openapi import RATE_LIMIT_HEADERS, RETRY_AFTER_HEADER
+from daguerre.api.openapi import IDEMPOTENCY_KEY_PARAMETER, RATE_LIMIT_HEADERS, RETRY_AFTER_HEADER
 from daguerre.blobs import BlobStore
 from daguerre.dispatch import Dispatch
 from daguerre.errors import ApiError
 from daguerre.sizing import pick_aspect_ratio
 from daguerre.store.accounts import applied_limit
 from daguerre.store.generations import GenerationRecord, GenerationSummary, NewGeneration, Refusal
+from daguerre.store.idempotency import KeyRecord
 from daguerre.store.ids import uuid7
 from daguerre.validation import parse_generation_create
 from daguerre.wire import (
@@ -47,8 +49,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or bad API key",
         402: "Insufficient balance; nothing queued, nothing charged",
         403: "Account suspended or deactivated",
+        409: "Idempotency-Key: a request with this key is still being processed",
         413: "Request body or an input image too large",
-        422: "Bad media data",
+        422: "Bad media data, or an Idempotency-Key reused with a different request",
         429: "Rate limit exceeded or too many concurrent jobs",
         503: "URL ingestion unavailable",
     }.items()
@@ -100,10 +103,11 @@ class GenerationResponse(Response):
     responses={201: {"headers": RATE_LIMIT_HEADERS}, **_ERRORS},
     summary="Create a generation",
     openapi_extra={
+        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerationCreate"}}},
-        }
+        },
     },
 )
 async def create_generation(request: Request) -> GenerationResponse:
@@ -124,6 +128,9 @@ async def create_generation(request: Request) -> GenerationResponse:
     svc = services(request)
     settings, store, blobs = svc.settings, svc.store, svc.blobs
     create = parse_generation_create(body)
+    key = requested_key(request, "generations", fingerprint(body))
+    if key is not None and (earlier := await find_earlier(svc, caller.account_id, key)) is not None:
+        return await _replay(request, caller.account_id, earlier)  # nothing created, nothing counted
     # Limits: the account's own, else the deployment's default; None: unlimited (no window is kept
     # and the 201 carries no X-RateLimit-* headers; no count of the account's active jobs).
     rpm = applied_limit(caller.rpm_limit, settings.default_rpm)
@@ -157,11 +164,17 @@ async def create_generation(request: Request) -> GenerationResponse:
             metered=caller.metered,
             concurrency_limit=concurrency,
             outbox=svc.dispatcher.outbox,
+            idempotency=key,
         )
     )
     if isinstance(outcome, Refusal):
         if input_keys:
             await run_in_threadpool(_drop_inputs, blobs, generation_id, input_keys)
+        if outcome == Refusal.DUPLICATE:  # a concurrent request with the same key won
+            assert key is not None
+            if (earlier := await find_earlier(svc, caller.account_id, key)) is not None:
+                return await _replay(request, caller.account_id, earlier)
+            raise ApiError(409, Detail.IDEMPOTENCY_KEY_BUSY)
         if outcome == Refusal.CONCURRENCY:
             raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
         raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
@@ -169,6 +182,17 @@ async def create_generation(request: Request) -> GenerationResponse:
         svc.starts.start_soon(svc, Dispatch(generation_id, caller.account_id, create.model))
     headers = decision.headers() if decision is not None else None
     return GenerationResponse(to_wire(outcome, blobs, request), status_code=201, headers=headers)
+
+
+async def _replay(request: Request, account_id: str, earlier: KeyRecord) -> GenerationResponse:
+    """The answer to a repeated Idempotency-Key: the generation it made, as it is now."""
+    svc = services(request)
+    summary = await svc.store.generations.summary_async(earlier.resource_id, account_id)
+    if summary is None:
+        raise ApiError(404, Detail.GENERATION_NOT_FOUND)
+    return GenerationResponse(
+        to_wire(summary, svc.blobs, request), status_code=earlier.status_code, headers=REPLAYED
+    )
 
 
 def _drop_inputs(blobs: BlobStore, generation_id: str, keys: tuple[str, ...]) -> None:

@@ -39,6 +39,16 @@ def errors(*statuses: int, descriptions: dict[int, str] | None = None) -> Respon
     return {status: {"model": ErrorBody, "description": texts[status]} for status in statuses}
 
 
+IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "daguerre extension: a repeat with the same key and request within 24 hours "
+    "creates nothing and answers the first resource (`Idempotent-Replayed: true`); the same key with "
+    "another request is 422.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+}
+
 AUTH_ERRORS = (401, 403)
 """What every route that takes an API key can answer before it does anything else (api.md §2)."""
 

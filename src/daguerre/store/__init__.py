@@ -7,8 +7,8 @@ await store.generations.summary_async(...)           # from an event loop: the s
 db.py is the database handle; commits.py, sqlite_commits.py, sqlite_fast.py and changes.py hold
 what runs behind it (group commit, the event loop's commits and the checkpoint thread, the
 precompiled statements, change notification), postgres.py what only PostgreSQL needs (the queue's
-LISTEN/NOTIFY, the migrations' lock); accounts.py, generations.py, files.py and money.py the
-statements themselves.
+LISTEN/NOTIFY, the migrations' lock); accounts.py, generations.py, files.py, idempotency.py and money.py
+the statements themselves.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from daguerre.store.accounts import AccountStore
 from daguerre.store.db import Database
 from daguerre.store.files import FileStore
 from daguerre.store.generations import GenerationStore
+from daguerre.store.idempotency import IdempotencyStore
 from daguerre.store.migrate import upgrade
 
 
@@ -28,6 +29,7 @@ class Store:
     accounts: AccountStore
     generations: GenerationStore
     files: FileStore
+    idempotency: IdempotencyStore
 
     def close(self) -> None:
         self.db.dispose()
@@ -43,6 +45,7 @@ def open_store(url: str, *, migrate: bool = True, key_cache_s: float = 2.0) -> S
         accounts=AccountStore(db, key_cache_s=key_cache_s),
         generations=GenerationStore(db),
         files=FileStore(db),
+        idempotency=IdempotencyStore(db),
     )
 
 

@@ -15,8 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from daguerre.store import idempotency
 from daguerre.store.clock import utcnow
 from daguerre.store.db import Database
+from daguerre.store.idempotency import IdempotencyKey
 from daguerre.store.ids import uuid7
 from daguerre.store.schema import files as f
 from daguerre.wire import FileState
@@ -66,7 +68,11 @@ class FileStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def create(self, new: NewFile, uploaded: bool = False) -> FileRecord:
+    def create(
+        self, new: NewFile, uploaded: bool = False, idempotency_key: IdempotencyKey | None = None
+    ) -> FileRecord | None:
+        """Insert the file; None, with nothing written, when `idempotency_key` was used already
+        (store.idempotency.find says by which file)."""
         now = utcnow()
         values: dict[str, Any] = {
             "id": uuid7(),
@@ -84,6 +90,10 @@ class FileStore:
             "deleted_at": None,
         }
         with self._db.write() as conn:
+            if idempotency_key is not None and not idempotency.claim(
+                conn, new.account_id, idempotency_key, values["id"], 201
+            ):
+                return None
             conn.execute(f.insert().values(**values))
         return _record(values)
 

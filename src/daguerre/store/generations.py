@@ -30,9 +30,10 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from daguerre.store import money, postgres
+from daguerre.store import idempotency, money, postgres
 from daguerre.store.clock import utcnow
 from daguerre.store.db import Database
+from daguerre.store.idempotency import IdempotencyKey
 from daguerre.store.schema import accounts, ledger
 from daguerre.store.schema import generations as g
 from daguerre.wire import FailureCode, GenerationCreate, GenerationType, State
@@ -108,6 +109,9 @@ class NewGeneration:
     """Refuse the create when the account already has this many generations not yet terminal."""
     outbox: bool = False
     """Put the row in the outbox (`outbox_at`) in the same transaction (execution = "temporal")."""
+    idempotency: IdempotencyKey | None = None
+    """The request's Idempotency-Key: recorded in the same transaction, or the create is refused
+    with Refusal.DUPLICATE when the account used it already."""
 
 
 class Refusal(StrEnum):
@@ -115,6 +119,8 @@ class Refusal(StrEnum):
 
     CONCURRENCY = "concurrency"
     BALANCE = "balance"
+    DUPLICATE = "duplicate"
+    """The Idempotency-Key was used already (store.idempotency.find says by what)."""
 
 
 T = TypeVar("T")
@@ -230,7 +236,16 @@ class GenerationStore:
         lock = on_server and (charged or new.concurrency_limit is not None)
         notify = on_server and not new.outbox
 
+        key = new.idempotency
+
+        def refuse(conn: Connection, why: Refusal) -> Refusal:
+            if key is not None:  # a refused create does not use up its key
+                idempotency.unclaim(conn, new.account_id, key)
+            return why
+
         def insert(conn: Connection) -> T | Refusal:
+            if key is not None and not idempotency.claim(conn, new.account_id, key, new.id, 201):
+                return Refusal.DUPLICATE
             if lock:
                 money.lock_account(conn, new.account_id)
             if new.concurrency_limit is not None:
@@ -238,9 +253,9 @@ class GenerationStore:
                     _COUNT_ACTIVE, {"account_id": new.account_id, "limit": new.concurrency_limit}, conn
                 )
                 if active >= new.concurrency_limit:
-                    return Refusal.CONCURRENCY
+                    return refuse(conn, Refusal.CONCURRENCY)
             if charged and not money.hold(conn, new.account_id, new.price):
-                return Refusal.BALANCE
+                return refuse(conn, Refusal.BALANCE)
             db.execute(conn, _INSERT, values)
             if charged:
                 money.record_reserve(conn, new.account_id, new.id, new.price)

@@ -177,6 +177,24 @@ files = sa.Table(
 )
 
 
+# Idempotency-Key (an extension): a create that carried a key records it in its own transaction; a
+# repeat with the same key finds the resource it made. Kept 24 hours (the sweeper deletes older
+# ones). `scope` is the endpoint ("generations" or "files"); `request_hash` the SHA-256 of what the
+# request asked for, to tell a repeat from a different request reusing the key.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("account_id", ID, sa.ForeignKey("accounts.id"), primary_key=True),
+    sa.Column("scope", sa.String(16), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("resource_id", ID, nullable=False),
+    sa.Column("status_code", sa.Integer(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_idempotency_keys_created", "created_at"),
+)
+
+
 def file_key(file_id: str) -> str:
     """Blob key of an uploaded file's bytes."""
     return f"files/{file_id}"

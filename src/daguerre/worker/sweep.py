@@ -53,6 +53,7 @@ from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.store.clock import utcnow
 from daguerre.store.generations import BlobOwner
+from daguerre.store.idempotency import KEEP as IDEMPOTENCY_KEEP
 from daguerre.store.schema import (
     input_prefix,
     output_prefix,
@@ -163,6 +164,8 @@ class Sweeper:
             report = SweepReport(dry_run=dry_run)
             self._purge_expired(now, report, stop)
             self._delete_orphans(now, report, stop)
+            if not dry_run:  # Idempotency-Keys past their 24 hours (store.idempotency)
+                self.store.idempotency.purge(now - IDEMPOTENCY_KEEP)
             return report
         finally:
             self._would_purge.clear()
