@@ -52,8 +52,10 @@ def server(tmp_path_factory):
     live = start_server(
         root / "data",
         scripted_models(root / "models.toml"),
-        workers=0,
-        # Generous limits: the run creates hundreds of generations, and none of them finishes.
+        # A worker finishes the generations (an instant engine), so that creates with `Prefer: wait`
+        # answer at once rather than after up to 60 s.
+        workers=1,
+        # Generous limits: the run creates hundreds of generations.
         DAGUERRE_DEFAULT_RPM="1000000",
         DAGUERRE_DEFAULT_CONCURRENCY="1000000",
         # A generated https URL must not hold a create for the default 18 s.

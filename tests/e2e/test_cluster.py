@@ -132,6 +132,20 @@ def test_a_generation_created_on_one_api_process_is_read_on_the_other_with_an_s3
         assert refused.status_code == 403 and "SignatureDoesNotMatch" in refused.text
 
 
+def test_prefer_wait_answers_once_a_worker_in_another_process_has_finished(cluster, metered):
+    """The API process learns of the end through PostgreSQL's notification, not by polling."""
+    with client(cluster, 1, metered) as b:
+        started = time.monotonic()
+        raw = b.generations.with_raw_response.create(
+            prompt="quick", model="uni-1-max", extra_headers={"Prefer": "wait=30"}
+        )
+        elapsed = time.monotonic() - started
+    assert raw.status_code == 201 and raw.headers["preference-applied"] == "wait=30"
+    done = raw.parse()
+    assert done.state == "completed" and done.output[0].url
+    assert elapsed < 10
+
+
 def test_an_engine_only_worker_killed_mid_generation_ten_times_in_a_row(cluster, metered, runs_dir):
     finished: list[str] = []
     luma = cluster.sdk(auth_token=metered)

@@ -69,6 +69,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
                 with suppress(asyncio.CancelledError):
                     await relay_task
             await svc.starts.drain(STARTS_DRAIN_S)  # what is still starting then is the relay's
+            await run_in_threadpool(svc.waiter.close)  # `Prefer: wait` requests answer now
             await svc.dispatcher.close()
             await svc.limiter.close()
             gc.unfreeze()

@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 
 from daguerre.api.ratelimit import RequestRateLimiter
 from daguerre.api.relay import Starts
+from daguerre.api.waiting import TerminalWaiter
 from daguerre.blobs import BlobStore
 from daguerre.dispatch import Dispatcher, open_dispatcher
 from daguerre.errors import ApiError
@@ -48,6 +49,8 @@ class Services:
     moderator: Moderator
     dispatcher: Dispatcher
     """Hands committed generations to the executor (dispatch: embedded table queue or Temporal)."""
+    waiter: TerminalWaiter
+    """Where `Prefer: wait` requests wait for their generation to end (api.waiting)."""
     starts: Starts = field(default_factory=Starts)
     """Workflow starts in flight (execution = "temporal"; api.relay)."""
 
@@ -69,6 +72,7 @@ class Services:
             limiter=limiter,
             moderator=Moderator.from_settings(settings),
             dispatcher=open_dispatcher(settings),
+            waiter=TerminalWaiter(store),
         )
 
 

@@ -18,14 +18,20 @@ from daguerre import pricing
 from daguerre.api.deps import RequestRoute, authenticate, base_url, json_body, services
 from daguerre.api.idempotency import REPLAYED, find_earlier, fingerprint, requested_key
 from daguerre.api.ingest import ingest_inputs
-from daguerre.api.openapi import IDEMPOTENCY_KEY_PARAMETER, RATE_LIMIT_HEADERS, RETRY_AFTER_HEADER
+from daguerre.api.openapi import (
+    IDEMPOTENCY_KEY_PARAMETER,
+    PREFER_WAIT_PARAMETER,
+    PREFERENCE_APPLIED_HEADER,
+    RATE_LIMIT_HEADERS,
+    RETRY_AFTER_HEADER,
+)
+from daguerre.api.waiting import requested_wait
 from daguerre.blobs import BlobStore
 from daguerre.dispatch import Dispatch
 from daguerre.errors import ApiError
 from daguerre.sizing import pick_aspect_ratio
 from daguerre.store.accounts import applied_limit
 from daguerre.store.generations import GenerationRecord, GenerationSummary, NewGeneration, Refusal
-from daguerre.store.idempotency import KeyRecord
 from daguerre.store.ids import uuid7
 from daguerre.validation import parse_generation_create
 from daguerre.wire import (
@@ -100,10 +106,10 @@ class GenerationResponse(Response):
     "",
     status_code=201,
     response_model=Generation,
-    responses={201: {"headers": RATE_LIMIT_HEADERS}, **_ERRORS},
+    responses={201: {"headers": {**RATE_LIMIT_HEADERS, **PREFERENCE_APPLIED_HEADER}}, **_ERRORS},
     summary="Create a generation",
     openapi_extra={
-        "parameters": [IDEMPOTENCY_KEY_PARAMETER],
+        "parameters": [IDEMPOTENCY_KEY_PARAMETER, PREFER_WAIT_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerationCreate"}}},
@@ -128,9 +134,13 @@ async def create_generation(request: Request) -> GenerationResponse:
     svc = services(request)
     settings, store, blobs = svc.settings, svc.store, svc.blobs
     create = parse_generation_create(body)
+    wait_s = requested_wait(request)
     key = requested_key(request, "generations", fingerprint(body))
     if key is not None and (earlier := await find_earlier(svc, caller.account_id, key)) is not None:
-        return await _replay(request, caller.account_id, earlier)  # nothing created, nothing counted
+        # Nothing created, nothing counted.
+        return await _answer(
+            request, caller.account_id, earlier.resource_id, earlier.status_code, REPLAYED, wait_s
+        )
     # Limits: the account's own, else the deployment's default; None: unlimited (no window is kept
     # and the 201 carries no X-RateLimit-* headers; no count of the account's active jobs).
     rpm = applied_limit(caller.rpm_limit, settings.default_rpm)
@@ -173,26 +183,39 @@ async def create_generation(request: Request) -> GenerationResponse:
         if outcome == Refusal.DUPLICATE:  # a concurrent request with the same key won
             assert key is not None
             if (earlier := await find_earlier(svc, caller.account_id, key)) is not None:
-                return await _replay(request, caller.account_id, earlier)
+                return await _answer(
+                    request, caller.account_id, earlier.resource_id, earlier.status_code, REPLAYED, wait_s
+                )
             raise ApiError(409, Detail.IDEMPOTENCY_KEY_BUSY)
         if outcome == Refusal.CONCURRENCY:
             raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
         raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
     if svc.dispatcher.outbox:  # committed: start its workflow (the relay retries a failure)
         svc.starts.start_soon(svc, Dispatch(generation_id, caller.account_id, create.model))
-    headers = decision.headers() if decision is not None else None
-    return GenerationResponse(to_wire(outcome, blobs, request), status_code=201, headers=headers)
+    headers = decision.headers() if decision is not None else {}
+    if wait_s is None:
+        return GenerationResponse(to_wire(outcome, blobs, request), status_code=201, headers=headers)
+    return await _answer(request, caller.account_id, generation_id, 201, headers, wait_s)
 
 
-async def _replay(request: Request, account_id: str, earlier: KeyRecord) -> GenerationResponse:
-    """The answer to a repeated Idempotency-Key: the generation it made, as it is now."""
+async def _answer(
+    request: Request,
+    account_id: str,
+    generation_id: str,
+    status: int,
+    headers: dict[str, str],
+    wait_s: int | None,
+) -> GenerationResponse:
+    """The generation as it is now (a repeated Idempotency-Key's, or one just created after
+    `Prefer: wait`: once it has ended, or `wait_s` seconds on)."""
     svc = services(request)
-    summary = await svc.store.generations.summary_async(earlier.resource_id, account_id)
+    if wait_s is not None:
+        await svc.waiter.wait(generation_id, wait_s)
+        headers = {**headers, "Preference-Applied": f"wait={wait_s}"}
+    summary = await svc.store.generations.summary_async(generation_id, account_id)
     if summary is None:
         raise ApiError(404, Detail.GENERATION_NOT_FOUND)
-    return GenerationResponse(
-        to_wire(summary, svc.blobs, request), status_code=earlier.status_code, headers=REPLAYED
-    )
+    return GenerationResponse(to_wire(summary, svc.blobs, request), status_code=status, headers=headers)
 
 
 def _drop_inputs(blobs: BlobStore, generation_id: str, keys: tuple[str, ...]) -> None:

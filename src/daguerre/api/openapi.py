@@ -49,6 +49,24 @@ IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
 }
 
+PREFER_WAIT_PARAMETER: dict[str, Any] = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "daguerre extension (RFC 7240): `wait` or `wait=N` (N <= 60 s) answers once the "
+    "generation has ended or N seconds have passed, whichever is first; 201 either way, with "
+    "`Preference-Applied`.",
+    # Any value: preferences a server does not understand are ignored (RFC 7240).
+    "schema": {"type": "string", "examples": ["wait", "wait=10"]},
+}
+
+PREFERENCE_APPLIED_HEADER: dict[str, dict[str, Any]] = {
+    "Preference-Applied": {
+        "description": "`wait=N` when the request's `Prefer: wait` was honoured",
+        "schema": {"type": "string"},
+    }
+}
+
 AUTH_ERRORS = (401, 403)
 """What every route that takes an API key can answer before it does anything else (api.md §2)."""
 

@@ -176,6 +176,7 @@ _HELD = sa.select(g.c.id).where(
     g.c.lease_token == sa.bindparam("token"),
     g.c.state == State.PROCESSING.value,
 )
+_TERMINAL_STATES = (State.COMPLETED.value, State.FAILED.value)
 _TERMINAL = sa.or_(g.c.state == State.COMPLETED.value, g.c.state == State.FAILED.value)
 
 
@@ -512,6 +513,7 @@ class GenerationStore:
             if result.rowcount != 1:
                 return False
             money.settle(conn, generation_id, money.Settlement.RELEASE)
+            self._ended(conn)
         return True
 
     def cancel(self, generation_id: str, account_id: str, reason: str) -> bool:
@@ -527,6 +529,7 @@ class GenerationStore:
             ).rowcount
             if changed == 1:
                 money.settle(conn, generation_id, money.Settlement.RELEASE)
+                self._ended(conn)
         return changed == 1
 
     def holds(self, generation_id: str, token: str) -> bool:
@@ -598,7 +601,23 @@ class GenerationStore:
                 money.settle(conn, generation_id, settle, charge=charge)
             if changed and requeued and not self._db.is_sqlite:
                 postgres.notify_queue(conn)
+            if changed and values.get("state") in _TERMINAL_STATES:
+                self._ended(conn)
         return changed
+
+    def _ended(self, conn: Connection) -> None:
+        """Generations ended in this transaction: on PostgreSQL tell the other processes (api.waiting
+        learns of it; on SQLite it reads `PRAGMA data_version`)."""
+        if not self._db.is_sqlite:
+            postgres.notify_done(conn)
+
+    def states(self, generation_ids: Collection[str]) -> dict[str, State]:
+        """The state of each of these generations (unknown ones are left out), in one query."""
+        if not generation_ids:
+            return {}
+        query = sa.select(g.c.id, g.c.state).where(g.c.id.in_(list(generation_ids)))
+        with self._db.read() as conn:
+            return {row.id: State(row.state) for row in conn.execute(query)}
 
     def reap(self, active_job_ttl_s: float) -> list[Reaped]:
         """Fail jobs that can no longer finish: those whose lease lapsed with no attempt left (their
@@ -637,6 +656,8 @@ class GenerationStore:
             # while it waits for that writer's generation.
             for _account_id, generation_id in sorted(ended):
                 money.settle(conn, generation_id, money.Settlement.RELEASE)
+            if ended:
+                self._ended(conn)
         return reaped
 
     # Retention and the blob sweep ------------------------------------------------------------

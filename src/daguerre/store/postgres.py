@@ -26,9 +26,17 @@ from daguerre.store.changes import ChangeSignal
 log = logging.getLogger(__name__)
 
 QUEUE_CHANNEL = "daguerre_queue"
+DONE_CHANNEL = "daguerre_done"
+"""Notified when generations end (completed or failed): API processes with requests waiting for
+them (api.waiting) listen."""
 MIGRATION_LOCK = 7260011
 """The key of the transaction-level advisory lock that serialises migrations (migrations/env.py)."""
 RECONNECT_S = 1.0
+
+
+def notify_done(conn: Connection) -> None:
+    """Wake whatever waits for generations to end, once `conn`'s transaction commits."""
+    conn.exec_driver_sql(f"NOTIFY {DONE_CHANNEL}")
 
 
 def notify_queue(conn: Connection) -> None:
@@ -38,7 +46,7 @@ def notify_queue(conn: Connection) -> None:
 
 
 class QueueListener:
-    """A thread that LISTENs on the queue channel and wakes `changes`' waiters on every
+    """A thread that LISTENs on the queue and done channels and wakes `changes`' waiters on every
     notification. `connect` returns a new psycopg connection, which the listener owns. Once made,
     it is listening (unless the database could not be reached within `ready_s`): every job
     created or handed back after that wakes the waiters."""
@@ -67,6 +75,7 @@ class QueueListener:
                 conn = self._connect()
                 conn.autocommit = True
                 conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+                conn.execute(f"LISTEN {DONE_CHANNEL}")
                 if self._listening.is_set():
                     # Jobs may have come while no session listened: let the workers look once.
                     self._changes.notify()
