@@ -104,6 +104,27 @@ def _lone_surrogate(value: Any, path: str) -> str | None:
     return None
 
 
+# Durations -----------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d{1,9})(s|m|h)?")
+_UNIT_S = {None: 1, "s": 1, "m": 60, "h": 3600}
+MIN_CANCEL_AFTER_S = 5
+
+
+def parse_cancel_after(value: str, max_s: float) -> int:
+    """The seconds of a `Cancel-After` header: `30s`, `5m`, `1h` or bare seconds, between
+    MIN_CANCEL_AFTER_S and `max_s` (the active-job TTL); 400 otherwise."""
+    match = _DURATION.fullmatch(value.strip())
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2)] if match else None
+    if seconds is None or not MIN_CANCEL_AFTER_S <= seconds <= max_s:
+        raise ApiError(
+            400,
+            f"Cancel-After: must be a duration from {MIN_CANCEL_AFTER_S} s to {max_s:g} s "
+            "(e.g. 30s, 5m, 1h, or seconds)",
+        )
+    return seconds
+
+
 # Timestamps ----------------------------------------------------------------------------------------
 
 

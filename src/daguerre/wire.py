@@ -242,6 +242,8 @@ class Reason:
     OUTPUT_NOT_FOUND = "Output artifacts not found"
     CANCELLED = "Cancelled by request"
     """daguerre's: `POST /v1/generations/{id}/cancel` (an extension)."""
+    DEADLINE_EXCEEDED = "Deadline exceeded"
+    """daguerre's: the `Cancel-After` deadline of the create passed before the generation ended."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,3 +105,17 @@ def test_an_idempotency_key_through_the_sdk(idle):
     with pytest.raises(luma_agents.UnprocessableEntityError) as reused:
         luma.generations.create(prompt="twice", extra_headers=headers)
     assert reused.value.body == {"detail": "Idempotency-Key reused with a different request"}
+
+
+def test_a_deadline_stops_a_running_generation(server: LiveServer | Cluster, runs_dir):
+    luma = sdk(server)
+    created = luma.generations.create(prompt="too slow", extra_headers={"Cancel-After": "5s"})
+    done = wait(luma, created.id, 30)
+    assert (done.state, done.failure_code, done.failure_reason) == (
+        "failed",
+        "generation_failed",
+        Reason.DEADLINE_EXCEEDED,
+    )
+    time.sleep(1.0)
+    (steps,) = steps_run(runs_dir, created.id)
+    assert steps < STEPS  # stopped at the deadline, not run to the end

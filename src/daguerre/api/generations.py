@@ -9,6 +9,7 @@ retry and create a duplicate.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -19,6 +20,7 @@ from daguerre.api.deps import RequestRoute, authenticate, base_url, json_body, s
 from daguerre.api.idempotency import REPLAYED, find_earlier, fingerprint, requested_key
 from daguerre.api.ingest import ingest_inputs
 from daguerre.api.openapi import (
+    CANCEL_AFTER_PARAMETER,
     IDEMPOTENCY_KEY_PARAMETER,
     PREFER_WAIT_PARAMETER,
     PREFERENCE_APPLIED_HEADER,
@@ -31,9 +33,10 @@ from daguerre.dispatch import Dispatch
 from daguerre.errors import ApiError
 from daguerre.sizing import pick_aspect_ratio
 from daguerre.store.accounts import applied_limit
+from daguerre.store.clock import utcnow
 from daguerre.store.generations import GenerationRecord, GenerationSummary, NewGeneration, Refusal
 from daguerre.store.ids import uuid7
-from daguerre.validation import parse_generation_create
+from daguerre.validation import parse_cancel_after, parse_generation_create
 from daguerre.wire import (
     OUTPUT_URL_TTL_S,
     Detail,
@@ -109,7 +112,7 @@ class GenerationResponse(Response):
     responses={201: {"headers": {**RATE_LIMIT_HEADERS, **PREFERENCE_APPLIED_HEADER}}, **_ERRORS},
     summary="Create a generation",
     openapi_extra={
-        "parameters": [IDEMPOTENCY_KEY_PARAMETER, PREFER_WAIT_PARAMETER],
+        "parameters": [IDEMPOTENCY_KEY_PARAMETER, PREFER_WAIT_PARAMETER, CANCEL_AFTER_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerationCreate"}}},
@@ -135,6 +138,8 @@ async def create_generation(request: Request) -> GenerationResponse:
     settings, store, blobs = svc.settings, svc.store, svc.blobs
     create = parse_generation_create(body)
     wait_s = requested_wait(request)
+    cancel_after = request.headers.get("cancel-after")
+    deadline_s = None if cancel_after is None else parse_cancel_after(cancel_after, settings.active_job_ttl_s)
     key = requested_key(request, "generations", fingerprint(body))
     if key is not None and (earlier := await find_earlier(svc, caller.account_id, key)) is not None:
         # Nothing created, nothing counted.
@@ -175,6 +180,7 @@ async def create_generation(request: Request) -> GenerationResponse:
             concurrency_limit=concurrency,
             outbox=svc.dispatcher.outbox,
             idempotency=key,
+            deadline_at=None if deadline_s is None else utcnow() + timedelta(seconds=deadline_s),
         )
     )
     if isinstance(outcome, Refusal):

@@ -67,6 +67,16 @@ PREFERENCE_APPLIED_HEADER: dict[str, dict[str, Any]] = {
     }
 }
 
+CANCEL_AFTER_PARAMETER: dict[str, Any] = {
+    "name": "Cancel-After",
+    "in": "header",
+    "required": False,
+    "description": "daguerre extension: a generation not ended this long after the create fails with "
+    '`generation_failed`, "Deadline exceeded", and is refunded. `30s`, `5m`, `1h` or seconds; at '
+    "least 5 s, at most the active-job TTL (400 otherwise).",
+    "schema": {"type": "string", "pattern": "^[0-9]{1,9}(s|m|h)?$"},
+}
+
 AUTH_ERRORS = (401, 403)
 """What every route that takes an API key can answer before it does anything else (api.md §2)."""
 

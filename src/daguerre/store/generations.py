@@ -36,7 +36,7 @@ from daguerre.store.db import Database
 from daguerre.store.idempotency import IdempotencyKey
 from daguerre.store.schema import accounts, ledger
 from daguerre.store.schema import generations as g
-from daguerre.wire import FailureCode, GenerationCreate, GenerationType, State
+from daguerre.wire import FailureCode, GenerationCreate, GenerationType, Reason, State
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class GenerationRecord:
     finished_at: datetime | None
     purged_at: datetime | None = None
     """When the retention policy deleted its blobs (then `output_keys` is empty); None: not yet."""
+    deadline_at: datetime | None = None
+    """`Cancel-After`: it fails with "Deadline exceeded" if it has not ended by then."""
 
     @cached_property
     def request(self) -> GenerationCreate:
@@ -112,6 +114,8 @@ class NewGeneration:
     idempotency: IdempotencyKey | None = None
     """The request's Idempotency-Key: recorded in the same transaction, or the create is refused
     with Refusal.DUPLICATE when the account used it already."""
+    deadline_at: datetime | None = None
+    """`Cancel-After`: when it fails with "Deadline exceeded" unless it has ended."""
 
 
 class Refusal(StrEnum):
@@ -227,6 +231,8 @@ class GenerationStore:
         }
         if new.outbox:  # embedded creates write nothing more (the column stays NULL)
             values["outbox_at"] = values["created_at"]
+        if new.deadline_at is not None:
+            values["deadline_at"] = new.deadline_at
 
         db = self._db
         charged = new.metered and new.price > 0
@@ -620,8 +626,9 @@ class GenerationStore:
             return {row.id: State(row.state) for row in conn.execute(query)}
 
     def reap(self, active_job_ttl_s: float) -> list[Reaped]:
-        """Fail jobs that can no longer finish: those whose lease lapsed with no attempt left (their
-        workers kept dying) and those running past the active-job TTL, counted from first start."""
+        """Fail jobs that can no longer finish: those past their `Cancel-After` deadline, those whose
+        lease lapsed with no attempt left (their workers kept dying) and those running past the
+        active-job TTL, counted from first start."""
         now = utcnow()
         exhausted = sa.and_(
             g.c.state == State.PROCESSING.value,
@@ -629,7 +636,9 @@ class GenerationStore:
             g.c.attempts >= g.c.max_attempts,
         )
         over_ttl = sa.and_(_ACTIVE, g.c.started_at < now - timedelta(seconds=active_job_ttl_s))
+        past_deadline = sa.and_(_ACTIVE, g.c.deadline_at < now)
         reasons = (
+            (past_deadline, Reason.DEADLINE_EXCEEDED),
             (
                 exhausted,
                 "Generation failed: the worker running it stopped responding and no attempt is left",
@@ -807,4 +816,5 @@ def _record(row: Any) -> GenerationRecord:
         started_at=row.get("started_at"),
         finished_at=row.get("finished_at"),
         purged_at=row.get("purged_at"),
+        deadline_at=row.get("deadline_at"),
     )

@@ -121,6 +121,8 @@ generations = sa.Table(
     # The outbox (execution = "temporal"): when the create committed a row whose workflow is not
     # started yet; cleared once it is. Embedded creates never set it.
     sa.Column("outbox_at", UTCDateTime(), nullable=True),
+    # `Cancel-After` (an extension): a generation not ended by then fails, "Deadline exceeded".
+    sa.Column("deadline_at", UTCDateTime(), nullable=True),
     sa.CheckConstraint("state IN ('queued', 'processing', 'completed', 'failed')", name="state"),
     # One index per account serves both the concurrency check (account, active states) and the
     # usage report (account, every state, a created_at range): each index keyed by account id is a

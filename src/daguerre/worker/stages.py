@@ -16,6 +16,7 @@ turning those into failure codes is the caller's one job.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,8 @@ class EngineRequest:
     output_format: str
     input_keys: tuple[str, ...]
     seed: int
+    deadline: float | None = None
+    """`Cancel-After`, as a POSIX timestamp: the run stops with "Deadline exceeded" past it."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,11 @@ class Generated:
 
 
 def prepare(ctx: StageContext, record: GenerationRecord, token: str) -> Prepared:
-    """The checks before any engine work: the spending cap, the prompt, every input image."""
+    """The checks before any engine work: the deadline, the spending cap, the prompt, every input
+    image."""
     assert ctx.store is not None, "prepare needs the store"
+    deadline = record.deadline_at.timestamp() if record.deadline_at is not None else None
+    _check_deadline(deadline)
     if record.price > 0 and not ctx.store.accounts.within_spend_cap(record.account_id, record.price):
         raise JobFailure(FailureCode.BUDGET_EXHAUSTED)
     if ctx.moderator.check_text(record.request.prompt, "prompt", record.id) is not None:
@@ -100,8 +106,14 @@ def prepare(ctx: StageContext, record: GenerationRecord, token: str) -> Prepared
         output_format=record.output_format,
         input_keys=tuple(record.input_keys),
         seed=seed_for(record.id),
+        deadline=deadline,
     )
     return Prepared(request, inputs)
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.time() >= deadline:
+        raise JobFailure(FailureCode.GENERATION_FAILED, Reason.DEADLINE_EXCEEDED)
 
 
 def generate(ctx: StageContext, prepared: Prepared, on_step: StepHook) -> Generated:
@@ -124,7 +136,13 @@ def generate(ctx: StageContext, prepared: Prepared, on_step: StepHook) -> Genera
         references=tuple(inputs[1:] if is_edit else inputs),
         seed=request.seed,
     )
-    image = ctx.registry.engine(request.model).generate(job, on_step)
+
+    def step(done: int, total: int) -> None:
+        on_step(done, total)
+        _check_deadline(request.deadline)
+
+    _check_deadline(request.deadline)
+    image = ctx.registry.engine(request.model).generate(job, step)
     key = output_key(request.generation_id, request.token, 0, OUTPUT_EXTENSIONS[request.output_format])
     try:
         ctx.blobs.put(

@@ -314,11 +314,19 @@ class TemporalRunner:
             try:
                 for reaped in await asyncio.to_thread(store.generations.reap, self.settings.active_job_ttl_s):
                     log.warning("reaped %s: %s", reaped.id, reaped.reason)
+                    await self._cancel_workflow(reaped.id)  # its run stops at its next heartbeat
                 await self.reap_unstarted(utcnow() - timedelta(seconds=self.settings.active_job_ttl_s))
             except Exception:
                 log.exception("reaping failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.reap_interval_s)
+
+    async def _cancel_workflow(self, workflow_id: str) -> None:
+        try:
+            client = await self.connect()
+            await client.get_workflow_handle(workflow_id).cancel()
+        except RPCError as error:  # already closed, or gone
+            log.info("cancelling the workflow of %s: %s", workflow_id, error)
 
     async def reap_unstarted(self, created_before: datetime) -> list[str]:
         """Fail the rows created before `created_before` that are still queued although their
