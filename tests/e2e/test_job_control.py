@@ -119,3 +119,44 @@ def test_a_deadline_stops_a_running_generation(server: LiveServer | Cluster, run
     time.sleep(1.0)
     (steps,) = steps_run(runs_dir, created.id)
     assert steps < STEPS  # stopped at the deadline, not run to the end
+
+
+def test_the_sdk_s_own_requests_trigger_no_extension(idle):
+    """The official SDK sends none of the extensions' headers, and its answers carry none of
+    theirs: what the Luma endpoints answer the SDK is unchanged by them."""
+    import httpx
+    import luma_agents
+
+    sent: list[httpx.Request] = []
+    received: list[httpx.Response] = []
+    http = httpx.Client(
+        event_hooks={"request": [sent.append], "response": [received.append]},
+        timeout=30,
+    )
+    with luma_agents.Luma(auth_token=idle.key, base_url=idle.api_url, http_client=http) as luma:
+        created = luma.generations.create(prompt="plain", aspect_ratio="1:1", user_id="u-1")
+        luma.generations.get(created.id)
+        file = luma.files.create(mime_type="image/png", size_bytes=100, purpose="input")
+        luma.files.get(file.id)
+        luma.files.list(limit=5)
+        luma.files.delete(file.id)
+    extension_requests = {"prefer", "idempotency-key", "cancel-after"}
+    assert not [
+        request for request in sent if extension_requests & {name.lower() for name in request.headers}
+    ]
+    extension_answers = {"preference-applied", "idempotent-replayed"}
+    assert not [
+        answer for answer in received if extension_answers & {name.lower() for name in answer.headers}
+    ]
+    generation_fields = {
+        "id",
+        "type",
+        "state",
+        "model",
+        "created_at",
+        "output",
+        "failure_code",
+        "failure_reason",
+    }
+    for answer in received[:2]:
+        assert set(answer.json()) == generation_fields
