@@ -51,6 +51,11 @@ class Dispatcher(Protocol):
         """Stop the run of a generation whose row was just cancelled. Never raises."""
         ...
 
+    async def progress(self, generation_id: str) -> tuple[int, int] | None:
+        """The engine's (step, total) where the executor knows it (None: read the row's). Never
+        raises."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -87,6 +92,9 @@ class TableQueue:
 
     async def cancel(self, generation_id: str) -> None:
         pass  # the worker running it sees its lease gone at the next engine step
+
+    async def progress(self, generation_id: str) -> tuple[int, int] | None:
+        return None  # embedded workers write it on the row
 
     async def close(self) -> None:
         pass
@@ -152,6 +160,24 @@ class TemporalDispatcher:
             )
         except (RPCError, TimeoutError, RuntimeError) as exc:  # not found, already closed, unreachable
             log.info("cancelling the workflow of %s: %s", generation_id, exc or type(exc).__name__)
+
+    async def progress(self, generation_id: str) -> tuple[int, int] | None:
+        """The last heartbeat of the running `generate` (worker.temporal beats (step, total)),
+        from the workflow's description: engine-only workers have no database to write it to."""
+        from temporalio.service import RPCError
+
+        try:
+            client = await asyncio.wait_for(self.client(), self.START_TIMEOUT_S)
+            described = await client.get_workflow_handle(generation_id).describe(
+                rpc_timeout=timedelta(seconds=self.START_TIMEOUT_S)
+            )
+            for pending in described.raw_description.pending_activities:
+                if pending.activity_type.name == "generate" and pending.heartbeat_details.payloads:
+                    step, total = await client.data_converter.decode(pending.heartbeat_details.payloads)
+                    return int(step), int(total)
+        except (RPCError, TimeoutError, RuntimeError, ValueError, TypeError) as exc:
+            log.debug("the progress of %s: %s", generation_id, exc or type(exc).__name__)
+        return None
 
     async def close(self) -> None:
         self._client = None  # the client holds no resources that need closing

@@ -160,3 +160,38 @@ def test_the_sdk_s_own_requests_trigger_no_extension(idle):
     }
     for answer in received[:2]:
         assert set(answer.json()) == generation_fields
+
+
+def test_progress_is_followed_live_until_the_end(server: LiveServer | Cluster):
+    """On the cluster the engine runs on an engine-only worker, without a database: its progress
+    reaches the stream through Temporal (the heartbeats of the generate activity)."""
+    import threading
+
+    import httpx
+
+    from support.sse import read_events
+
+    luma = sdk(server)
+    created = luma.generations.create(prompt="followed", aspect_ratio="1:1")
+    events: list = []
+
+    def collect() -> None:
+        headers = {"Authorization": f"Bearer {server.key}"}
+        with (
+            httpx.Client(base_url=server.base_url, timeout=60) as http,
+            http.stream("GET", f"/v1/generations/{created.id}/events", headers=headers) as response,
+        ):
+            events.extend(read_events(response))  # appended as they arrive
+
+    reader = threading.Thread(target=collect)
+    reader.start()
+    deadline = time.monotonic() + 20
+    while sum(event.name == "progress" for event in list(events)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    cancel(luma, created.id)
+    reader.join(20)
+    assert not reader.is_alive()
+    progress = [event.data for event in events if event.name == "progress"]
+    assert len(progress) >= 2 and all(item["total"] == STEPS for item in progress), [e.name for e in events]
+    assert events[0].name == "generation" and events[-1].name == "generation"
+    assert (events[-1].data["state"], events[-1].data["failure_reason"]) == ("failed", Reason.CANCELLED)

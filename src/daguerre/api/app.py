@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Match
 
 from daguerre import __version__
 from daguerre.api import blobs as blob_routes
-from daguerre.api import files, generations, jobs, openapi, usage
+from daguerre.api import events, files, generations, jobs, openapi, usage
 from daguerre.api.deps import Services
 from daguerre.api.files import maintain_files
 from daguerre.api.middleware import BodySizeLimitMiddleware, HeadersMiddleware, InternalErrorMiddleware
@@ -88,6 +88,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
 
     app.include_router(generations.router)
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(files.router)
     app.include_router(usage.router)
     if isinstance(blobs, LocalBlobStore):

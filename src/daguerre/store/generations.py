@@ -175,10 +175,15 @@ _GET_OWNED = _GET.where(g.c.account_id == sa.bindparam("account_id"))
 _SUMMARY_OWNED = sa.select(*(g.c[field.name] for field in fields(GenerationSummary))).where(
     g.c.id == sa.bindparam("generation_id"), g.c.account_id == sa.bindparam("account_id")
 )
-_HELD = sa.select(g.c.id).where(
-    g.c.id == sa.bindparam("generation_id"),
-    g.c.lease_token == sa.bindparam("token"),
-    g.c.state == State.PROCESSING.value,
+_PROGRESS = sa.select(g.c.progress_step, g.c.progress_total).where(g.c.id == sa.bindparam("generation_id"))
+_QUEUED_AHEAD = (
+    sa.select(sa.func.count())
+    .select_from(g)
+    .where(
+        g.c.state == State.QUEUED.value,
+        g.c.id != sa.bindparam("generation_id"),
+        g.c.created_at < sa.bindparam("created_at"),
+    )
 )
 _TERMINAL_STATES = (State.COMPLETED.value, State.FAILED.value)
 _TERMINAL = sa.or_(g.c.state == State.COMPLETED.value, g.c.state == State.FAILED.value)
@@ -538,9 +543,22 @@ class GenerationStore:
                 self._ended(conn)
         return changed == 1
 
-    def holds(self, generation_id: str, token: str) -> bool:
-        """Whether `token` still holds the generation's lease (it is processing under it)."""
-        return self._db.fetch_one(_HELD, {"generation_id": generation_id, "token": token}) is not None
+    def report_progress(self, generation_id: str, token: str, step: int, total: int) -> bool:
+        """Record the running attempt's engine progress; False when `token` no longer holds the
+        lease (cancelled, reaped, taken over): nothing was written."""
+        return self._transition(generation_id, token, progress_step=step, progress_total=total)
+
+    def progress(self, generation_id: str) -> tuple[int, int] | None:
+        """The (step, total) an embedded worker last recorded for the generation, or None."""
+        row = self._db.fetch_one(_PROGRESS, {"generation_id": generation_id})
+        if row is None or row["progress_total"] is None:
+            return None
+        return int(row["progress_step"]), int(row["progress_total"])
+
+    def queue_position(self, generation_id: str, created_at: datetime) -> int:
+        """How many queued generations were created before this one (the claim order), plus one."""
+        ahead = self._db.scalar(_QUEUED_AHEAD, {"created_at": created_at, "generation_id": generation_id})
+        return int(ahead) + 1
 
     def renew(self, generation_id: str, token: str, lease_s: float) -> bool:
         """Extend the lease; False when the lease is lost (then the worker must stop)."""
@@ -765,6 +783,8 @@ def _taken(owner: str, token: str, now: datetime, lease_s: float) -> dict[str, A
         "lease_expires_at": now + timedelta(seconds=lease_s),
         "attempts": g.c.attempts + 1,
         "started_at": sa.func.coalesce(g.c.started_at, now),
+        "progress_step": None,  # a new attempt starts from nothing
+        "progress_total": None,
     }
 
 

@@ -123,6 +123,10 @@ generations = sa.Table(
     sa.Column("outbox_at", UTCDateTime(), nullable=True),
     # `Cancel-After` (an extension): a generation not ended by then fails, "Deadline exceeded".
     sa.Column("deadline_at", UTCDateTime(), nullable=True),
+    # The running attempt's engine progress (steps done, of how many), written by embedded workers
+    # every quarter second at most; the events stream (api.events) reads it.
+    sa.Column("progress_step", sa.Integer(), nullable=True),
+    sa.Column("progress_total", sa.Integer(), nullable=True),
     sa.CheckConstraint("state IN ('queued', 'processing', 'completed', 'failed')", name="state"),
     # One index per account serves both the concurrency check (account, active states) and the
     # usage report (account, every state, a created_at range): each index keyed by account id is a

@@ -166,7 +166,7 @@ class Worker:
         has run out."""
 
         def on_step(step: int, total: int) -> None:
-            lease.check()
+            lease.check(step, total)
             if lease.lost.is_set():
                 raise LeaseLost(generation_id)
             if stop is not None and stop.is_set():
