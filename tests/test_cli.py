@@ -390,3 +390,27 @@ def test_commands_do_not_repeat_alembic_chatter_and_migrate_says_what_it_did(tmp
     upgraded = daguerre("migrate")
     assert upgraded.stdout.strip().endswith(f"schema upgraded from 0005 to {head}")
     assert "alembic" not in upgraded.stderr
+
+
+def test_webhook_secret_and_default_url(tmp_path):
+    data = database(tmp_path / "data")
+    assert runner.invoke(app, ["accounts", "create", "hooks", *data]).exit_code == 0
+    first = runner.invoke(app, ["accounts", "webhook-secret", "hooks", *data])
+    again = runner.invoke(app, ["accounts", "webhook-secret", "hooks", *data])
+    rotated = runner.invoke(app, ["accounts", "webhook-secret", "hooks", "--rotate", *data])
+    assert first.exit_code == again.exit_code == rotated.exit_code == 0
+    assert first.stdout.startswith("whsec_") and first.stdout == again.stdout != rotated.stdout
+    set_url = runner.invoke(app, ["accounts", "set-webhook", "hooks", "https://example.com/hook", *data])
+    assert set_url.exit_code == 0 and "https://example.com/hook" in set_url.stdout
+    store = open_store(Settings(data_dir=tmp_path / "data").resolved_database_url)
+    try:
+        account_id = store.accounts.get("hooks").id
+        assert store.webhooks.account_url(account_id) == "https://example.com/hook"
+        assert runner.invoke(app, ["accounts", "set-webhook", "hooks", "none", *data]).exit_code == 0
+        assert store.webhooks.account_url(account_id) is None
+    finally:
+        store.close()
+    refused = runner.invoke(app, ["accounts", "set-webhook", "hooks", "http://example.com/hook", *data])
+    assert "https required" in one_line_error(refused, 2)
+    missing = runner.invoke(app, ["accounts", "webhook-secret", "nobody", *data])
+    assert one_line_error(missing, 1) == "daguerre: no account 'nobody'"

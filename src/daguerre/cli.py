@@ -782,6 +782,44 @@ def accounts_set_limits(
     typer.echo(f"{name}: limits updated")
 
 
+@accounts_app.command("webhook-secret")
+def accounts_webhook_secret(
+    name: AccountArg,
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Make a new secret; the old one stops signing.")
+    ] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the account's webhook signing secret (`whsec_...`, made on first use): receivers verify
+    the `webhook-signature` of each delivery with it (Standard Webhooks)."""
+    shown: list[str] = []
+    _account_action(config, data_dir, name, lambda s, a: shown.append(s.webhooks.secret(a, rotate=rotate)))
+    typer.echo(shown[0])
+
+
+@accounts_app.command("set-webhook")
+def accounts_set_webhook(
+    name: AccountArg,
+    url: Annotated[
+        str, typer.Argument(help="Where ended generations are POSTed, or 'none'.", metavar="URL|none")
+    ],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The account's default webhook URL, for generations created without a `callback_url`."""
+    from daguerre.fetch import UrlPolicy, url_problem
+
+    chosen = None if url.strip().lower() == "none" else url.strip()
+    if chosen is not None:
+        settings = _settings(config, data_dir=data_dir)
+        problem = url_problem(chosen, UrlPolicy.build(allow_http=settings.url_allow_http))
+        if problem is not None or not chosen.lower().startswith(("http://", "https://")):
+            _bad_value("URL", url, f"an http(s) URL ({problem or 'not http(s)'})")
+    _account_action(config, data_dir, name, lambda s, a: s.webhooks.set_url(a, chosen))
+    typer.echo(f"{name}: webhook URL {'removed' if chosen is None else chosen}")
+
+
 @accounts_app.command("suspend")
 def accounts_suspend(name: AccountArg, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
     """Suspend: every request gets 403 `API client is suspended` until reactivated."""

@@ -171,6 +171,49 @@ def _client(policy: UrlPolicy) -> httpx.AsyncClient:
 
 
 @dataclass(frozen=True)
+class Posted:
+    """The outcome of a POST: the answer's status, or why there was none."""
+
+    status: int | None
+    error: str | None = None
+
+
+def url_problem(url: str, policy: UrlPolicy) -> str | None:
+    """Why the policy refuses `url` before any connection (bad URL, scheme), or None. The addresses
+    its host resolves to are judged when it is reached."""
+    try:
+        parsed = _parse_url(url)
+    except _Refused as refused:
+        return refused.reason
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and policy.allow_http):
+        return "https required"
+    return None
+
+
+async def post_json(
+    url: str, body: bytes, headers: dict[str, str], policy: UrlPolicy, timeout_s: float
+) -> Posted:
+    """POST `body` to `url` under the fetcher's rules (scheme, checked addresses, no DNS rebinding),
+    not following redirects and not reading the answer's body. Never raises."""
+    problem = url_problem(url, policy)
+    if problem is not None:
+        return Posted(None, problem)
+    try:
+        with anyio.fail_after(timeout_s):
+            async with (
+                _client(policy) as client,
+                client.stream("POST", url, content=body, headers=headers, follow_redirects=False) as answer,
+            ):
+                return Posted(answer.status_code)
+    except TimeoutError:
+        return Posted(None, "timeout")
+    except _Refused as refused:
+        return Posted(None, refused.reason)
+    except (httpx.HTTPError, httpcore.NetworkError, httpcore.TimeoutException, OSError, ValueError) as exc:
+        return Posted(None, f"connection failed ({type(exc).__name__})")
+
+
+@dataclass(frozen=True)
 class Fetched:
     data: bytes
     media_type: str

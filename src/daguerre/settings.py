@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     """CA certificates for https fetches (default: the system's)."""
     url_timeout_s: float = Field(default=18.0, gt=0, le=120)
     """Total time for fetching one URL, redirects included."""
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """How long one webhook delivery attempt may take (the url_* rules apply to callback URLs too)."""
+    webhook_retry_base_s: float = Field(default=10.0, gt=0)
+    """The first retry of a failed webhook delivery comes about this long after it; each next one
+    twice as long (capped at an hour), with jitter."""
+    webhook_give_up_s: float = Field(default=86_400.0, gt=0)
+    """A webhook not delivered this long after its generation ended is given up (failed)."""
     moderation: bool = True
     """Check prompts, input images, outputs and uploads; a hit fails the generation with
     content_moderated (refunded)."""

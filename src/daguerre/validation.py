@@ -18,6 +18,7 @@ from daguerre.errors import ApiError
 from daguerre.wire import (
     ACCEPTED_MIME_TYPES,
     ASPECT_RATIOS,
+    CALLBACK_URL_MAX_CHARS,
     FILE_PURPOSES,
     FILENAME_MAX_CHARS,
     IMAGE_REF_SOURCES,
@@ -201,6 +202,12 @@ def parse_generation_create(body: Any) -> GenerationCreate:
     if user_id is not None and len(user_id) > USER_ID_MAX_CHARS:
         raise _bad(Detail.USER_ID_LENGTH)
 
+    callback_url = _optional(body, "callback_url", str)
+    if callback_url is not None and not (
+        len(callback_url) <= CALLBACK_URL_MAX_CHARS and re.match(r"(?i)https?://[^\s/?#]+", callback_url)
+    ):
+        raise _bad(Detail.CALLBACK_URL_INVALID)
+
     source: ImageRef | None = None
     if body.get("source") is not None:
         if not is_edit:
@@ -226,6 +233,7 @@ def parse_generation_create(body: Any) -> GenerationCreate:
             "image_ref": image_ref or None,
             "source": source,
             "user_id": user_id,
+            "callback_url": callback_url,
         }
     )
 

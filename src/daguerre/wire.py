@@ -82,6 +82,7 @@ OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg")
 
 PROMPT_MAX_CHARS = 6000
 USER_ID_MAX_CHARS = 256
+CALLBACK_URL_MAX_CHARS = 2048
 MAX_IMAGE_REFS: dict[str, int] = {GenerationType.IMAGE: 9, GenerationType.IMAGE_EDIT: 8}
 MAX_INPUT_IMAGE_BYTES = 50 * 1024 * 1024
 """50 MB per input image, measured after base64 decoding (Luma)."""
@@ -140,6 +141,9 @@ class Detail:
     IDEMPOTENCY_KEY_INVALID = "Idempotency-Key: must be 1 to 255 printable ASCII characters"
     IDEMPOTENCY_KEY_REUSED = "Idempotency-Key reused with a different request"
     IDEMPOTENCY_KEY_BUSY = "Idempotency-Key: a request with this key is still being processed"
+    # Webhooks (daguerre extension)
+    CALLBACK_URL_INVALID = "callback_url: must be an http(s) URL of at most 2048 characters"
+    CALLBACK_URL_HTTPS = "callback_url: https required"
 
     # 402, 413, 429, 500, 503
     INSUFFICIENT_BALANCE = "Insufficient balance. Please add funds to continue."
@@ -278,6 +282,11 @@ class GenerationCreate(BaseModel):
     image_ref: list[ImageRef] | None = None
     source: ImageRef | None = None
     user_id: str | None = Field(default=None, max_length=USER_ID_MAX_CHARS)
+    callback_url: str | None = Field(
+        default=None,
+        max_length=CALLBACK_URL_MAX_CHARS,
+        description="daguerre extension: where the ended generation is POSTed, signed (Standard Webhooks)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +379,37 @@ class FileList(BaseModel):
     data: list[File]
     has_more: bool
     next_cursor: str | None = None
+
+
+class WebhookAttempt(BaseModel):
+    model_config = _ALWAYS_SENT
+
+    at: str
+    status: int | None = None
+    """The receiver's HTTP status; None when there was no answer (see `error`)."""
+    error: str | None = None
+
+
+class WebhookDelivery(BaseModel):
+    """One notification owed for a generation (daguerre extension)."""
+
+    model_config = _ALWAYS_SENT
+
+    id: str
+    """The `webhook-id` header of every attempt."""
+    url: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: list[WebhookAttempt]
+    """The latest attempts, oldest first."""
+    next_attempt_at: str | None = None
+    delivered_at: str | None = None
+    created_at: str
+
+
+class WebhookDeliveries(BaseModel):
+    model_config = _ALWAYS_SENT
+
+    data: list[WebhookDelivery]
 
 
 GENERATION_LIST_MAX = 100

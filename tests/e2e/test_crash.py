@@ -160,3 +160,49 @@ def test_with_the_default_lease_a_killed_worker_s_job_runs_again_within_ten_seco
                 process.send_signal(signal.SIGKILL)
                 process.wait()
         server.stop()
+
+
+def test_pending_webhooks_survive_a_killed_server_and_are_delivered_after_restart(tmp_path):
+    import json
+
+    from support.receiver import webhook_receiver
+
+    hooks = {
+        "DAGUERRE_URL_ALLOW_HTTP": "true",
+        "DAGUERRE_URL_ALLOWED_NETWORKS": json.dumps(["127.0.0.1/32"]),
+        "DAGUERRE_WEBHOOK_RETRY_BASE_S": "0.3",
+    }
+    models = scripted_models(tmp_path / "models.toml")
+    with webhook_receiver() as receiver:
+        receiver.statuses = [503] * 1000  # down, for now
+        server = start_server(tmp_path / "data", models, workers=1, **hooks)
+        try:
+            auth = {"Authorization": f"Bearer {server.key}"}
+            created = httpx.post(
+                server.api_url + "/generations",
+                json={"prompt": "x", "callback_url": receiver.url},
+                headers=auth,
+            )
+            generation_id = created.json()["id"]
+            first = receiver.wait_for(1)[0]
+            deadline = time.monotonic() + 10
+            while not httpx.get(
+                f"{server.api_url}/generations/{generation_id}/webhooks", headers=auth
+            ).json()["data"][0]["attempts"]:  # one failed attempt recorded: the delivery is pending
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            server.stop(signal.SIGKILL)
+        receiver.statuses = []  # the receiver is back
+        seen = len(receiver.received)
+        restarted = start_server(tmp_path / "data", models, workers=1, **hooks)
+        try:
+            delivered = receiver.wait_for(seen + 1, timeout_s=20)[-1]
+            assert delivered.headers["webhook-id"] == first.headers["webhook-id"]  # the same message
+            assert json.loads(delivered.body)["id"] == generation_id
+            response = httpx.get(f"{restarted.api_url}/generations/{generation_id}/webhooks", headers=auth)
+            (delivery,) = response.json()["data"]
+            assert delivery["state"] == "delivered" and delivery["attempts"][-1]["status"] == 200
+            assert {attempt["status"] for attempt in delivery["attempts"][:-1]} == {503}
+        finally:
+            restarted.stop()

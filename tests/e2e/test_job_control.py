@@ -38,7 +38,15 @@ def server(tmp_path_factory, launch, runs_dir):
 def idle(tmp_path_factory, launch):
     """A server without workers: what is created stays queued."""
     root = tmp_path_factory.mktemp("idle")
-    live = launch(root, scripted_models(root / "models.toml"), workers=0)
+    live = launch(
+        root,
+        scripted_models(root / "models.toml"),
+        workers=0,
+        # Webhooks to a receiver on this host, retried quickly.
+        DAGUERRE_URL_ALLOW_HTTP="true",
+        DAGUERRE_URL_ALLOWED_NETWORKS='["127.0.0.1/32"]',
+        DAGUERRE_WEBHOOK_RETRY_BASE_S="0.1",
+    )
     yield live
     assert live.stop() in (0, -signal.SIGTERM), live.log()
 
@@ -195,3 +203,26 @@ def test_progress_is_followed_live_until_the_end(server: LiveServer | Cluster):
     assert len(progress) >= 2 and all(item["total"] == STEPS for item in progress), [e.name for e in events]
     assert events[0].name == "generation" and events[-1].name == "generation"
     assert (events[-1].data["state"], events[-1].data["failure_reason"]) == ("failed", Reason.CANCELLED)
+
+
+def test_a_signed_webhook_reaches_the_receiver(idle):
+    """On the cluster the generation ends through API process A or B, and either one delivers."""
+    import json
+
+    from standardwebhooks.webhooks import Webhook
+
+    from support.cluster import run_cli
+    from support.receiver import webhook_receiver
+
+    luma = sdk(idle)
+    with webhook_receiver() as receiver:
+        receiver.statuses = [500]
+        created = luma.generations.create(prompt="hooked", extra_body={"callback_url": receiver.url})
+        cancel(luma, created.id)
+        first, second = receiver.wait_for(2)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    secret = run_cli(idle, "accounts", "webhook-secret", "local")
+    assert secret.exit_code == 0, secret.output
+    body = Webhook(secret.stdout.strip()).verify(second.body, second.headers)
+    assert (body["id"], body["state"], body["failure_reason"]) == (created.id, "failed", Reason.CANCELLED)
+    assert json.loads(second.body) == body

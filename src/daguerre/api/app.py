@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Match
 
 from daguerre import __version__
 from daguerre.api import blobs as blob_routes
-from daguerre.api import events, files, generations, jobs, openapi, usage
+from daguerre.api import events, files, generations, jobs, openapi, usage, webhooks
 from daguerre.api.deps import Services
 from daguerre.api.files import maintain_files
 from daguerre.api.middleware import BodySizeLimitMiddleware, HeadersMiddleware, InternalErrorMiddleware
@@ -58,6 +58,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
         thresholds = _settle_garbage_collector()
         task = asyncio.create_task(_file_maintenance(svc))
         relay_task = asyncio.create_task(relay(svc)) if svc.dispatcher.outbox else None
+        delivery_task = asyncio.create_task(webhooks.deliver(svc))
         try:
             yield
         finally:
@@ -68,6 +69,9 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
                 relay_task.cancel()
                 with suppress(asyncio.CancelledError):
                     await relay_task
+            delivery_task.cancel()  # an attempt cut short is made again once its lease lapses
+            with suppress(asyncio.CancelledError):
+                await delivery_task
             await svc.starts.drain(STARTS_DRAIN_S)  # what is still starting then is the relay's
             await run_in_threadpool(svc.waiter.close)  # `Prefer: wait` requests answer now
             await svc.dispatcher.close()
@@ -89,6 +93,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
     app.include_router(generations.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
+    app.include_router(webhooks.router)
     app.include_router(files.router)
     app.include_router(usage.router)
     if isinstance(blobs, LocalBlobStore):

@@ -31,6 +31,7 @@ from daguerre.api.waiting import requested_wait
 from daguerre.blobs import BlobStore
 from daguerre.dispatch import Dispatch
 from daguerre.errors import ApiError
+from daguerre.fetch import url_problem
 from daguerre.sizing import pick_aspect_ratio
 from daguerre.store.accounts import applied_limit
 from daguerre.store.clock import utcnow
@@ -68,16 +69,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _ERRORS[429]["headers"] = {**RETRY_AFTER_HEADER, **RATE_LIMIT_HEADERS}
 
 
-def to_wire(record: GenerationRecord | GenerationSummary, blobs: BlobStore, request: Request) -> Generation:
+def to_wire(
+    record: GenerationRecord | GenerationSummary, blobs: BlobStore, request: Request | str
+) -> Generation:
     """The Luma Generation for a stored record; output URLs are minted fresh on every call, for the
-    address the client reached this server at. A completed generation whose outputs the retention
-    policy deleted (only a purge leaves a completed row without output keys, see worker.sweep) has
-    none: Luma clients rely on a completed Generation having an output URL, so it answers 404."""
+    address the client reached this server at (or the base URL given instead of a request). A
+    completed generation whose outputs the retention policy deleted (only a purge leaves a completed
+    row without output keys, see worker.sweep) has none: Luma clients rely on a completed
+    Generation having an output URL, so it answers 404."""
     output = []
     if record.state == State.COMPLETED:
         if not record.output_keys:
             raise ApiError(404, Detail.GENERATION_PURGED)
-        base = base_url(request)
+        base = request if isinstance(request, str) else base_url(request)
         output = [{"url": blobs.presign_get(key, OUTPUT_URL_TTL_S, base)} for key in record.output_keys]
     # Validated from a dict (in pydantic's compiled core): measured faster than model_construct,
     # which skips validation but runs in Python (2 us against 9).
@@ -138,6 +142,10 @@ async def create_generation(request: Request) -> GenerationResponse:
     settings, store, blobs = svc.settings, svc.store, svc.blobs
     create = parse_generation_create(body)
     wait_s = requested_wait(request)
+    if create.callback_url is not None and (problem := url_problem(create.callback_url, svc.url_policy)):
+        raise ApiError(
+            400, Detail.CALLBACK_URL_HTTPS if problem == "https required" else Detail.CALLBACK_URL_INVALID
+        )
     cancel_after = request.headers.get("cancel-after")
     deadline_s = None if cancel_after is None else parse_cancel_after(cancel_after, settings.active_job_ttl_s)
     key = requested_key(request, "generations", fingerprint(body))
@@ -180,6 +188,8 @@ async def create_generation(request: Request) -> GenerationResponse:
             concurrency_limit=concurrency,
             outbox=svc.dispatcher.outbox,
             idempotency=key,
+            callback_url=create.callback_url,
+            callback_base_url=base_url(request),
             deadline_at=None if deadline_s is None else utcnow() + timedelta(seconds=deadline_s),
         )
     )

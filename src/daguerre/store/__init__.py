@@ -21,6 +21,7 @@ from daguerre.store.files import FileStore
 from daguerre.store.generations import GenerationStore
 from daguerre.store.idempotency import IdempotencyStore
 from daguerre.store.migrate import upgrade
+from daguerre.store.webhooks import WebhookStore
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Store:
     generations: GenerationStore
     files: FileStore
     idempotency: IdempotencyStore
+    webhooks: WebhookStore
 
     def close(self) -> None:
         self.db.dispose()
@@ -46,6 +48,7 @@ def open_store(url: str, *, migrate: bool = True, key_cache_s: float = 2.0) -> S
         generations=GenerationStore(db),
         files=FileStore(db),
         idempotency=IdempotencyStore(db),
+        webhooks=WebhookStore(db),
     )
 
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from daguerre.store import idempotency, money, postgres
+from daguerre.store import idempotency, money, postgres, webhooks
 from daguerre.store.clock import utcnow
 from daguerre.store.db import Database
 from daguerre.store.idempotency import IdempotencyKey
@@ -116,6 +116,10 @@ class NewGeneration:
     with Refusal.DUPLICATE when the account used it already."""
     deadline_at: datetime | None = None
     """`Cancel-After`: when it fails with "Deadline exceeded" unless it has ended."""
+    callback_url: str | None = None
+    """Where the ended generation is POSTed (else the account's webhook URL, if any)."""
+    callback_base_url: str | None = None
+    """Where the create reached the API (output URLs in webhook payloads are built on it)."""
 
 
 class Refusal(StrEnum):
@@ -238,6 +242,10 @@ class GenerationStore:
             values["outbox_at"] = values["created_at"]
         if new.deadline_at is not None:
             values["deadline_at"] = new.deadline_at
+        if new.callback_url is not None:
+            values["callback_url"] = new.callback_url
+        if new.callback_base_url is not None:
+            values["callback_base_url"] = new.callback_base_url
 
         db = self._db
         charged = new.metered and new.price > 0
@@ -524,7 +532,7 @@ class GenerationStore:
             if result.rowcount != 1:
                 return False
             money.settle(conn, generation_id, money.Settlement.RELEASE)
-            self._ended(conn)
+            self._ended(conn, [generation_id])
         return True
 
     def cancel(self, generation_id: str, account_id: str, reason: str) -> bool:
@@ -540,7 +548,7 @@ class GenerationStore:
             ).rowcount
             if changed == 1:
                 money.settle(conn, generation_id, money.Settlement.RELEASE)
-                self._ended(conn)
+                self._ended(conn, [generation_id])
         return changed == 1
 
     def report_progress(self, generation_id: str, token: str, step: int, total: int) -> bool:
@@ -626,12 +634,13 @@ class GenerationStore:
             if changed and requeued and not self._db.is_sqlite:
                 postgres.notify_queue(conn)
             if changed and values.get("state") in _TERMINAL_STATES:
-                self._ended(conn)
+                self._ended(conn, [generation_id])
         return changed
 
-    def _ended(self, conn: Connection) -> None:
-        """Generations ended in this transaction: on PostgreSQL tell the other processes (api.waiting
-        learns of it; on SQLite it reads `PRAGMA data_version`)."""
+    def _ended(self, conn: Connection, generation_ids: Collection[str]) -> None:
+        """These generations ended in this transaction: owe their webhooks (store.webhooks), and on
+        PostgreSQL tell the other processes (api.waiting; on SQLite it reads `PRAGMA data_version`)."""
+        webhooks.enqueue(conn, generation_ids)
         if not self._db.is_sqlite:
             postgres.notify_done(conn)
 
@@ -684,7 +693,7 @@ class GenerationStore:
             for _account_id, generation_id in sorted(ended):
                 money.settle(conn, generation_id, money.Settlement.RELEASE)
             if ended:
-                self._ended(conn)
+                self._ended(conn, [generation_id for _, generation_id in ended])
         return reaped
 
     # Retention and the blob sweep ------------------------------------------------------------

@@ -73,6 +73,10 @@ accounts = sa.Table(
     # Limits; None: the deployment's defaults.
     sa.Column("rpm_limit", sa.Integer(), nullable=True),
     sa.Column("concurrency_limit", sa.Integer(), nullable=True),
+    # Webhooks (an extension): the signing secret (`whsec_...`, made on first use) and the URL that
+    # generations created without a `callback_url` report to; None: none.
+    sa.Column("webhook_secret", sa.String(64), nullable=True),
+    sa.Column("webhook_url", sa.Text(), nullable=True),
     sa.CheckConstraint("status IN ('active', 'suspended', 'deactivated')", name="status"),
     sa.CheckConstraint("reserved >= 0", name="reserved"),
 )
@@ -127,6 +131,10 @@ generations = sa.Table(
     # every quarter second at most; the events stream (api.events) reads it.
     sa.Column("progress_step", sa.Integer(), nullable=True),
     sa.Column("progress_total", sa.Integer(), nullable=True),
+    # The create's `callback_url` (an extension): where the ended generation is POSTed, and the
+    # address the create reached the API at (output URLs in the payload are built on it).
+    sa.Column("callback_url", sa.Text(), nullable=True),
+    sa.Column("callback_base_url", sa.Text(), nullable=True),
     sa.CheckConstraint("state IN ('queued', 'processing', 'completed', 'failed')", name="state"),
     # One index per account serves both the concurrency check (account, active states) and the
     # usage report (account, every state, a created_at range): each index keyed by account id is a
@@ -180,6 +188,28 @@ files = sa.Table(
     sa.CheckConstraint("purpose IN ('input', 'reference')", name="purpose"),
     sa.Index("ix_files_account_created", "account_id", "created_at", "id"),
     sa.Index("ix_files_expiry", "state", "expires_at"),
+)
+
+
+# Webhooks (an extension): one row per notification owed, written in the transaction that ended the
+# generation (a durable outbox); `id` is the `webhook-id` of every attempt. Delivered rows are kept
+# (the account can see them); `attempt_log` holds the last attempts as JSON.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("generation_id", ID, nullable=False, index=True),
+    sa.Column("account_id", ID, sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("base_url", sa.Text(), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=True),
+    sa.Column("attempt_log", sa.JSON(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("delivered_at", UTCDateTime(), nullable=True),
+    sa.CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
+    sa.Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
 )
 
 
