@@ -128,6 +128,7 @@ def test_the_document_lists_what_each_route_answers(client):
         "GET /v1/generations": {"200", "400", "401", "403"},
         "POST /v1/generations/{generation_id}/cancel": {"200", "401", "403", "404"},
         "GET /v1/generations/{generation_id}/events": {"200", "401", "403", "404"},
+        "GET /v1/generations/{generation_id}/webhooks": {"200", "401", "403", "404"},
         "POST /v1/files": {"201", "400", "401", "403", "409", "413", "422"},
         "GET /v1/files": {"200", "400", "401", "403"},
         "POST /v1/files/{file_id}/complete": {"200", "400", "401", "403", "404"},
