@@ -24,13 +24,23 @@ class Settlement(StrEnum):
 
 
 def lock_account(conn: Connection, account_id: str) -> None:
-    """Lock the account's row until `conn`'s transaction ends (PostgreSQL: SELECT ... FOR UPDATE):
-    creates of one account then count its active generations and hold its money one at a time.
-    On SQLite the write transaction already holds the database's single write lock: not needed."""
+    """Lock the account's row until `conn`'s transaction ends (PostgreSQL: SELECT ... FOR NO KEY
+    UPDATE): creates of one account then count its active generations and hold its money one at a
+    time. On SQLite the write transaction already holds the database's single write lock.
+
+    FOR NO KEY UPDATE, not FOR UPDATE: every insert of a row that references the account (a ledger
+    entry, a generation, a webhook) takes a KEY SHARE lock on it, which FOR UPDATE waits for. A
+    settlement inserts its ledger entry and then updates the account; a create's FOR UPDATE queued
+    between the two made each wait for the other (a deadlock seen once in ten runs of the
+    concurrent ledger test, tests/store/test_postgres.py)."""
     conn.execute(_LOCK_ACCOUNT, {"account_id": account_id})
 
 
-_LOCK_ACCOUNT = sa.select(accounts.c.id).where(accounts.c.id == sa.bindparam("account_id")).with_for_update()
+_LOCK_ACCOUNT = (
+    sa.select(accounts.c.id)
+    .where(accounts.c.id == sa.bindparam("account_id"))
+    .with_for_update(key_share=True)  # FOR NO KEY UPDATE
+)
 
 
 def hold(conn: Connection, account_id: str, amount: int) -> bool:
