@@ -364,6 +364,7 @@ def test_a_queued_row_whose_workflow_ended_is_failed_and_refunded_one_still_runn
 ):
     account_id, auth = metered
     ended, waiting = create(client, auth), create(client, auth)  # no worker polls: both stay queued
+    client.portal.call(client.app.state.services.starts.drain, 10.0)  # their workflows are started
     runner = TemporalRunner(settings, store, blobs, models=[])
 
     async def reap() -> list[str]:

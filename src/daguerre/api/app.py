@@ -29,6 +29,7 @@ from daguerre import __version__
 from daguerre.api import blobs as blob_routes
 from daguerre.api import events, files, generations, jobs, openapi, usage, webhooks
 from daguerre.api.deps import Services
+from daguerre.api.docs import mount_docs
 from daguerre.api.files import maintain_files
 from daguerre.api.middleware import BodySizeLimitMiddleware, HeadersMiddleware, InternalErrorMiddleware
 from daguerre.api.relay import relay
@@ -84,7 +85,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
         title="daguerre",
         version=__version__,
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # api.docs serves /docs and /redoc, without a CDN
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -94,6 +95,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(webhooks.router)
+    mount_docs(app, app.openapi_url or "/openapi.json")
     app.include_router(files.router)
     app.include_router(usage.router)
     if isinstance(blobs, LocalBlobStore):

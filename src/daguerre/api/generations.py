@@ -189,7 +189,8 @@ async def create_generation(request: Request) -> GenerationResponse:
             outbox=svc.dispatcher.outbox,
             idempotency=key,
             callback_url=create.callback_url,
-            callback_base_url=base_url(request),
+            # Output URLs in its webhook payload are built on it (only blob keys are stored otherwise).
+            callback_base_url=base_url(request) if create.callback_url is not None else None,
             deadline_at=None if deadline_s is None else utcnow() + timedelta(seconds=deadline_s),
         )
     )
