@@ -8,8 +8,9 @@ Requests do not poll the store each. One thread per API process (`TerminalWaiter
 while some request waits, sleeps on the store's change watcher: this process's own commits wake it
 at once, other processes' reach it through SQLite's `PRAGMA data_version` or, on PostgreSQL, the
 notification every transaction that ends a generation sends (store.postgres.DONE_CHANNEL). Woken,
-it reads the state of every awaited generation in one query and releases the requests whose
-generation has ended. With nothing changing it looks again every second all the same.
+it reads the state of every awaited generation in one query (at most every MIN_READ_GAP_S) and
+releases the requests whose generation has ended. With nothing changing it looks again every second
+all the same.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ MAX_WAIT_S = 60
 """The longest `Prefer: wait=N` honoured; a bare `wait` means this."""
 RECHECK_S = 1.0
 POLL_S = 0.05
+MIN_READ_GAP_S = 0.05
+"""Reads are at most this often: a burst of commits (each also echoed by PostgreSQL's notification)
+costs a read per gap, not one per commit."""
 """How often SQLite's data_version is read while requests wait (microseconds each)."""
 _ENDED = (State.COMPLETED, State.FAILED)
 
@@ -123,7 +127,9 @@ class TerminalWaiter:
                     ]
                 for loop, done in released:
                     loop.call_soon_threadsafe(_release, done)
+                read_at = time.monotonic()
                 watcher.wait(RECHECK_S, POLL_S)
+                time.sleep(max(0.0, read_at + MIN_READ_GAP_S - time.monotonic()))
         finally:
             watcher.close()
 
