@@ -12,7 +12,8 @@ import pytest
 
 from daguerre.api import create_app
 from daguerre.wire import Reason
-from support.helpers import make_key, make_worker, scripted_models, uvicorn_thread
+from support import helpers
+from support.helpers import make_key, scripted_models, uvicorn_thread
 from support.sse import follow
 
 pytestmark = pytest.mark.both_databases
@@ -30,16 +31,10 @@ def url(settings, store, blobs):
 def running_worker(settings, store, blobs, tmp_path):
     """A worker thread with an engine of STEPS steps of 50 ms."""
     models = scripted_models(tmp_path / "m.toml", steps=STEPS, step_s=0.05)
-    worker = make_worker(
+    with helpers.running_worker(
         settings.model_copy(update={"models_file": models, "idle_poll_s": 0.05}), store, blobs
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    yield worker
-    stop.set()
-    store.db.changes.wake()
-    thread.join(10)
+    ) as worker:
+        yield worker
 
 
 def create(url, auth):

@@ -4,7 +4,6 @@ only when something changed (and once a second), never a poll per request."""
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +13,8 @@ from starlette.requests import Request
 
 from daguerre.api import create_app
 from daguerre.api.waiting import MAX_WAIT_S, requested_wait
-from support.helpers import make_worker, scripted_models, uvicorn_thread
+from support import helpers
+from support.helpers import scripted_models, uvicorn_thread
 
 pytestmark = pytest.mark.both_databases
 
@@ -22,17 +22,11 @@ pytestmark = pytest.mark.both_databases
 @pytest.fixture
 def running_worker(settings, store, blobs, tmp_path):
     """A worker thread with an engine that takes about 0.3 s a job."""
-    slow = settings.model_copy(
-        update={"models_file": scripted_models(tmp_path / "m.toml", steps=3, step_s=0.1), "idle_poll_s": 0.05}
-    )
-    worker = make_worker(slow, store, blobs)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    yield worker
-    stop.set()
-    store.db.changes.wake()
-    thread.join(10)
+    models = scripted_models(tmp_path / "m.toml", steps=3, step_s=0.1)
+    with helpers.running_worker(
+        settings.model_copy(update={"models_file": models, "idle_poll_s": 0.05}), store, blobs
+    ) as worker:
+        yield worker
 
 
 def test_the_answer_comes_when_the_generation_has_ended(client, auth, running_worker):

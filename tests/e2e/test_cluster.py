@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from daguerre.store.schema import generations, ledger
 from support.cluster import Cluster, ClusterServices, run_cli
+from support.engines import runs_of
 from support.helpers import start_server, wait_for_generation, write_models_file
 
 SLOW = {"steps": 10, "step_s": 0.2}
@@ -81,13 +82,9 @@ def client(cluster: Cluster, api: int, key: str) -> luma_agents.Luma:
     return luma_agents.Luma(auth_token=key, base_url=cluster.apis[api].api_url)
 
 
-def runs_of(runs_dir: Path, generation_id: str) -> list[int]:
-    """The pid of every engine run of the generation, in order (see ScriptedEngine's runs_dir)."""
-    found = []
-    for path in runs_dir.glob(f"{generation_id}.*"):
-        _, pid, started_ns = path.name.rsplit(".", 2)  # ScriptedEngine: started at monotonic ns
-        found.append((int(started_ns), int(pid)))
-    return [pid for _, pid in sorted(found)]
+def pids_of(runs_dir: Path, generation_id: str) -> list[int]:
+    """The pid of every engine run of the generation, in order."""
+    return [run.pid for run in runs_of(runs_dir, generation_id)]
 
 
 def captures(cluster: Cluster, generation_ids: list[str]) -> dict[str, list[int]]:
@@ -152,17 +149,17 @@ def test_an_engine_only_worker_killed_mid_generation_ten_times_in_a_row(cluster,
     for round_ in range(10):
         generation_id = luma.generations.create(prompt=f"round {round_}", aspect_ratio="1:1").id
         deadline = time.monotonic() + 30
-        while not runs_of(runs_dir, generation_id):
+        while not pids_of(runs_dir, generation_id):
             assert time.monotonic() < deadline, cluster.log()
             time.sleep(0.02)
-        (pid,) = runs_of(runs_dir, generation_id)
+        (pid,) = pids_of(runs_dir, generation_id)
         (victim,) = [worker for worker in cluster.engine_workers if worker.pid == pid]
         time.sleep(0.3)  # a step or two in
         victim.kill()
         replacement = cluster.start_engine_worker(["uni-1"])
         done = wait_for_generation(luma, generation_id, 60)
         assert done.state == "completed", (round_, done.failure_code, done.failure_reason)
-        runs = runs_of(runs_dir, generation_id)
+        runs = pids_of(runs_dir, generation_id)
         assert len(runs) == 2 and runs[0] == victim.pid and runs[1] != victim.pid, (round_, runs)
         finished.append(generation_id)
         replacement.wait_ready()  # two live engine workers again before the next kill
@@ -220,7 +217,7 @@ def test_an_api_process_killed_during_a_burst_of_creates_loses_nothing(cluster, 
         for generation_id in committed:
             done = wait_for_generation(b, generation_id, 120)
             assert done.state == "completed", (generation_id, done.failure_code, done.failure_reason)
-    assert all(len(runs_of(runs_dir, generation_id)) == 1 for generation_id in committed)
+    assert all(len(pids_of(runs_dir, generation_id)) == 1 for generation_id in committed)
     assert captures(cluster, committed) == {
         generation_id: [PRICES["uni-1-max"]] for generation_id in committed
     }

@@ -14,6 +14,7 @@ import pytest
 
 from daguerre.wire import Reason
 from support.cluster import Cluster, sdk
+from support.engines import runs_of
 from support.helpers import LiveServer, scripted_models
 from support.helpers import wait_for_generation as wait
 
@@ -56,7 +57,7 @@ def cancel(luma, generation_id: str) -> dict:
 
 
 def steps_run(runs_dir: Path, generation_id: str) -> list[int]:
-    return [path.stat().st_size for path in runs_dir.glob(f"{generation_id}.*")]
+    return [run.steps for run in runs_of(runs_dir, generation_id)]
 
 
 def test_a_running_generation_is_cancelled_and_stops(server: LiveServer | Cluster, runs_dir):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -70,6 +71,27 @@ class ScriptedEngine:
             assert job.aspect_ratio is not None
             size = size_for_ratio(job.aspect_ratio, self.pixels, self.multiple)
         return Image.new("RGB", size, prompt_colour(job.prompt))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One engine run that ScriptedEngine recorded in its runs_dir."""
+
+    pid: int
+    started: float
+    """time.monotonic() at its start (a clock every process of the host shares)."""
+    steps: int
+    """Steps it finished."""
+
+
+def runs_of(runs_dir: Path, generation_id: str) -> list[Run]:
+    """Every recorded run of the generation, in the order they started. A run's file is named
+    `<generation id>.<pid>.<monotonic ns at start>` and holds a byte per finished step."""
+    runs = []
+    for path in runs_dir.glob(f"{generation_id}.*"):
+        _, pid, started_ns = path.name.rsplit(".", 2)
+        runs.append(Run(int(pid), int(started_ns) / 1e9, path.stat().st_size))
+    return sorted(runs, key=lambda run: run.started)
 
 
 def prompt_colour(prompt: str) -> tuple[int, int, int]:

@@ -84,6 +84,23 @@ def make_worker(settings: Settings, store: Store, blobs: LocalBlobStore, worker_
     return Worker(settings, store, blobs, registry, worker_id=worker_id)
 
 
+@contextmanager
+def running_worker(settings: Settings, store: Store, blobs: LocalBlobStore) -> Iterator[Worker]:
+    """A worker claiming jobs on a thread of the test process until the block ends."""
+    import threading
+
+    worker = make_worker(settings, store, blobs)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        store.db.changes.wake()
+        thread.join(10)
+
+
 def tiny_sd_models(path: Path, folder: Path, **overrides: object) -> Path:
     table: dict[str, object] = {
         "engine": "diffusers",

@@ -31,7 +31,7 @@ from daguerre.store import Store
 from daguerre.store.schema import generations, ledger
 from daguerre.wire import Reason, State
 from daguerre.worker.temporal import RunnerThread, TemporalRunner
-from support.engines import prompt_colour
+from support.engines import prompt_colour, runs_of
 from support.helpers import free_port, scripted_models, subprocess_env
 from support.temporal import TemporalServer
 
@@ -276,17 +276,6 @@ def engine_worker(
     return process, data_dir
 
 
-def runs_of(runs_dir: Path, generation_id: str) -> list[tuple[int, float]]:
-    """(pid, time.monotonic() at its start) of every engine run of the generation, in order (see
-    ScriptedEngine's runs_dir: the file name ends with the start's monotonic nanoseconds, a clock
-    every process of the host shares)."""
-    found = []
-    for path in runs_dir.glob(f"{generation_id}.*"):
-        _, pid, started_ns = path.name.rsplit(".", 2)
-        found.append((int(pid), int(started_ns) / 1e9))
-    return sorted(found, key=lambda run: run[1])
-
-
 def test_an_engine_only_worker_without_a_database_is_replaced_within_seconds_when_killed(
     client, store, settings, blobs, metered, runner, tmp_path
 ):
@@ -310,8 +299,8 @@ def test_an_engine_only_worker_without_a_database_is_replaced_within_seconds_whe
         body = wait_terminal(client, auth, generation_id, timeout_s=60)
         assert body["state"] == "completed", body
         runs = runs_of(runs_dir, generation_id)
-        assert [pid for pid, _ in runs] == [first.pid, second.pid]
-        assert runs[1][1] - killed_at < 6.0  # heartbeat timeout (2 s) + retry, not a lease or a TTL
+        assert [run.pid for run in runs] == [first.pid, second.pid]
+        assert runs[1].started - killed_at < 6.0  # heartbeat timeout (2 s) + retry, not a lease or a TTL
         assert captures(store, generation_id) == [PRICE]
         assert store.accounts.get(account_id).balance == BALANCE - PRICE
         for data_dir in (first_data, second_data):

@@ -154,13 +154,18 @@ class WebhookStore:
     def secret(self, account_id: str, *, rotate: bool = False) -> str:
         """The account's signing secret (`whsec_` + base64 of 24 random bytes), made on first use;
         `rotate` replaces it (deliveries signed from then on use the new one)."""
+        current = sa.select(accounts.c.webhook_secret).where(accounts.c.id == account_id)
+        if not rotate:  # every delivery attempt asks: a read, not a write transaction
+            with self._db.read() as conn:
+                existing = conn.execute(current).scalar()
+            if existing is not None:
+                return str(existing)
         fresh = SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
         with self._db.write() as conn:
             update = accounts.update().where(accounts.c.id == account_id)
             if not rotate:
                 update = update.where(accounts.c.webhook_secret.is_(None))
-            conn.execute(update.values(webhook_secret=fresh))
-            current = sa.select(accounts.c.webhook_secret).where(accounts.c.id == account_id)
+            conn.execute(update.values(webhook_secret=fresh))  # unless another process made one first
             return str(conn.execute(current).scalar_one())
 
     def set_url(self, account_id: str, url: str | None) -> None:
