@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from typer.core import TyperGroup
 
+from daguerre.client_cli import generate, generations_app
 from daguerre.settings import Settings, write_private_file
 
 try:  # newer typers carry their own copy of click and raise its exceptions
@@ -98,6 +99,8 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 accounts_app = typer.Typer(help="Accounts: balances, limits, suspension.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
+app.command()(generate)
+app.add_typer(generations_app, name="generations")
 
 FIRST_ACCOUNT = "local"
 
