@@ -355,7 +355,7 @@ def serve(
         blobs = open_blob_store(settings)
         pool = WorkerPool(settings, store, blobs, 0 if temporal else settings.workers)
         runner = _temporal_runner(settings, store, blobs) if temporal and settings.workers > 0 else None
-        app = create_app(settings, store, blobs)
+        app = create_app(settings, store, blobs, readiness=pool.readiness)
     server = _server(
         uvicorn.Config(
             app,

@@ -25,6 +25,7 @@ class ScriptedEngine:
     """Paints a solid colour derived from the prompt after `steps` steps of `step_s` seconds each.
 
     mode: "ok" | "raise" (RuntimeError) | "job_failure" (JobFailure with `code`) | "transient".
+    load_s: how long building the engine takes (as loading weights would).
     runs_dir: every run leaves a file there, so tests can count how often a job ran and where; the
     file's size is the number of steps the run finished (a byte per step).
     """
@@ -38,7 +39,9 @@ class ScriptedEngine:
         multiple: int = 8,
         code: str = "generation_failed",
         runs_dir: str | None = None,
+        load_s: float = 0.0,
     ) -> None:
+        time.sleep(load_s)  # loading weights
         self.mode = mode
         self.steps = steps
         self.step_s = step_s

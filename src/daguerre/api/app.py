@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Match
 
 from daguerre import __version__
 from daguerre.api import blobs as blob_routes
-from daguerre.api import events, files, generations, jobs, openapi, usage, webhooks
+from daguerre.api import events, files, generations, health, jobs, openapi, usage, webhooks
 from daguerre.api.deps import Services
 from daguerre.api.docs import mount_docs
 from daguerre.api.files import maintain_files
@@ -51,7 +51,11 @@ Every error body is `{"detail": "<string>"}`.
 FILE_MAINTENANCE_INTERVAL_S = 30.0
 
 
-def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
+def create_app(
+    settings: Settings, store: Store, blobs: BlobStore, readiness: health.Readiness | None = None
+) -> FastAPI:
+    """The API. `readiness` reports this process's workers for /readyz (models and moderation
+    loaded); without one, only the store and blobs are checked."""
     svc = Services.build(settings, store, blobs)
 
     @asynccontextmanager
@@ -90,6 +94,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.services = svc
+    app.state.readiness = readiness
 
     app.include_router(generations.router)
     app.include_router(jobs.router)
@@ -101,10 +106,7 @@ def create_app(settings: Settings, store: Store, blobs: BlobStore) -> FastAPI:
     if isinstance(blobs, LocalBlobStore):
         app.include_router(blob_routes.router)
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(health.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

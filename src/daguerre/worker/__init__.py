@@ -21,6 +21,7 @@ import time
 
 from daguerre.blobs import BlobStore
 from daguerre.engine import ModelRegistry, load_models_file
+from daguerre.errors import JobFailure
 from daguerre.moderation import Moderator
 from daguerre.settings import Settings
 from daguerre.store import Store
@@ -52,13 +53,60 @@ class WorkerPool:
             for index in range(count)
         ]
         self.sweeper = Sweeper(settings, store, blobs)
+        self.default_model = next(iter(specs))
+        """Loaded by every worker before it claims a job (the models file's first model)."""
         self._settings = settings
         self._store = store
         self._threads: list[threading.Thread] = []
+        self._loaded = {"moderation": "loading", "models": "loading"}
 
     def start(self) -> None:
+        """Load moderation and the default model on a side thread, then start the workers (what
+        is created meanwhile waits in the queue); `readiness` says how far loading has come."""
         if self.workers:
             self.host.__enter__()  # counted by every worker process on this host until stop()
+            loader = threading.Thread(target=self._load_then_run, name="worker-preload", daemon=True)
+            loader.start()
+            self._threads.append(loader)
+        if self.workers and self._settings.gc_interval_s > 0:
+            sweeper = threading.Thread(
+                target=self.sweeper.run, args=(self.stop_event,), name="gc", daemon=True
+            )
+            sweeper.start()
+            self._threads.append(sweeper)
+
+    def readiness(self) -> dict[str, str]:
+        """For /readyz: "moderation" and "models", each "ok", "loading" or what failed; nothing
+        for a pool without workers."""
+        return dict(self._loaded) if self.workers else {}
+
+    def _load_then_run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.workers[0].moderator.warm()  # shared by the pool's workers
+            self._loaded["moderation"] = "ok"
+        except Exception as error:  # the workers report it on each job; readiness says it here
+            log.exception("loading the moderation models failed")
+            self._loaded["moderation"] = f"failed to load: {error}"
+        try:
+            for worker in self.workers:
+                worker.registry.engine(self.default_model)
+            self._loaded["models"] = "ok"
+        except JobFailure as failure:  # e.g. missing weights: each job fails with the same reason
+            self._loaded["models"] = f"{self.default_model} failed to load: {failure.reason}"
+        except Exception as error:
+            log.exception("loading %s failed", self.default_model)
+            self._loaded["models"] = f"{self.default_model} failed to load: {error}"
+        log.info(
+            "loaded moderation (%s) and %s (%s) for %d worker(s) in %.1f s",
+            self._loaded["moderation"],
+            self.default_model,
+            self._loaded["models"],
+            len(self.workers),
+            time.perf_counter() - started,
+        )
+        if self.stop_event.is_set():
+            return
         for worker in self.workers:
             thread = threading.Thread(
                 target=worker.run, args=(self.stop_event,), name=f"worker-{worker.worker_id}", daemon=True
@@ -66,12 +114,6 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
         log.info("started %d worker(s)", len(self.workers))
-        if self.workers and self._settings.gc_interval_s > 0:
-            sweeper = threading.Thread(
-                target=self.sweeper.run, args=(self.stop_event,), name="gc", daemon=True
-            )
-            sweeper.start()
-            self._threads.append(sweeper)
 
     def request_stop(self) -> None:
         """Stop claiming new jobs (running ones go on until the grace time is up)."""
