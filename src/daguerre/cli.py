@@ -438,6 +438,19 @@ def worker(
             "to the database while engine-only workers run on the GPU hosts. execution = temporal only.",
         ),
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve this process's Prometheus metrics at http://HOST:PORT/metrics.",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address for --metrics-port.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run one worker process against the same store and blobs as the API.
 
@@ -447,6 +460,8 @@ def worker(
     queue alone).
     """
     settings = _settings(config, data_dir=data_dir, models_file=models)
+    if metrics_port is not None:
+        _serve_metrics(metrics_host, metrics_port)
     if settings.execution == "temporal":
         if no_engine and (engine_only or model):
             _fail(USAGE, "--no-engine runs no engine: it goes with neither --engine-only nor --model")
@@ -474,6 +489,19 @@ def worker(
         pass
     pool.stop()
     store.close()
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    """This process's metrics over HTTP on a thread of prometheus-client's own."""
+    from prometheus_client import start_http_server
+
+    from daguerre import metrics
+
+    metrics.register_process_collectors()
+    try:
+        start_http_server(port, addr=host, registry=metrics.REGISTRY)
+    except OSError as error:
+        _fail(STATE, f"--metrics-port {port}: {error.strerror or error}")
 
 
 def _temporal_worker(settings: Settings, *, engine_only: bool, models: list[str] | None) -> None:

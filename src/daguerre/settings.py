@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     twice as long (capped at an hour), with jitter."""
     webhook_give_up_s: float = Field(default=86_400.0, gt=0)
     """A webhook not delivered this long after its generation ended is given up (failed)."""
+    metrics_token: str | None = None
+    """When set, `/metrics` answers only requests with `Authorization: Bearer <metrics_token>`."""
     moderation: bool = True
     """Check prompts, input images, outputs and uploads; a hit fails the generation with
     content_moderated (refunded)."""

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Match
 
 from daguerre import __version__
 from daguerre.api import blobs as blob_routes
-from daguerre.api import events, files, generations, health, jobs, openapi, usage, webhooks
+from daguerre.api import events, files, generations, health, jobs, metrics, openapi, usage, webhooks
 from daguerre.api.deps import Services
 from daguerre.api.docs import mount_docs
 from daguerre.api.files import maintain_files
@@ -94,6 +94,7 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.services = svc
+    app.state.queue_metrics = metrics.queue_registry(store)
     app.state.readiness = readiness
 
     app.include_router(generations.router)
@@ -107,6 +108,7 @@ def create_app(
         app.include_router(blob_routes.router)
 
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -115,6 +117,7 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(HeadersMiddleware)
+    app.add_middleware(metrics.MetricsMiddleware)  # outermost: counts every answer, the 413s too
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

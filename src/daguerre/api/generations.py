@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from daguerre import pricing
+from daguerre import metrics, pricing
 from daguerre.api.deps import RequestRoute, authenticate, base_url, json_body, services
 from daguerre.api.idempotency import REPLAYED, find_earlier, fingerprint, requested_key
 from daguerre.api.ingest import ingest_inputs
@@ -207,6 +207,7 @@ async def create_generation(request: Request) -> GenerationResponse:
         if outcome == Refusal.CONCURRENCY:
             raise ApiError(429, Detail.TOO_MANY_JOBS, {"Retry-After": "60"})
         raise ApiError(402, Detail.INSUFFICIENT_BALANCE)
+    metrics.GENERATIONS_CREATED.labels(create.model, create.type).inc()
     if svc.dispatcher.outbox:  # committed: start its workflow (the relay retries a failure)
         svc.starts.start_soon(svc, Dispatch(generation_id, caller.account_id, create.model))
     headers = decision.headers() if decision is not None else {}

@@ -31,6 +31,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from daguerre import metrics
 from daguerre.api.deps import CallerDep, Services, services
 from daguerre.api.files import JSONModelResponse
 from daguerre.api.generations import to_wire
@@ -113,6 +114,7 @@ async def _attempt(svc: Services, delivery: Delivery) -> None:
     entry = _entry(posted.status, posted.error)
     if posted.status is not None and 200 <= posted.status < 300:
         await asyncio.to_thread(store.webhooks.record, delivery, entry, delivered=True)
+        metrics.WEBHOOK_ATTEMPTS.labels("delivered").inc()
         log.info("webhook %s of %s delivered (%d)", delivery.id, delivery.generation_id, posted.status)
         return
     delay = retry_delay_s(settings.webhook_retry_base_s, delivery.attempts + 1)
@@ -121,6 +123,7 @@ async def _attempt(svc: Services, delivery: Delivery) -> None:
     await asyncio.to_thread(
         store.webhooks.record, delivery, entry, next_attempt_at=None if give_up else next_at, give_up=give_up
     )
+    metrics.WEBHOOK_ATTEMPTS.labels("given_up" if give_up else "failed").inc()
     log.warning(
         "webhook %s of %s: attempt %d failed (%s)%s",
         delivery.id,

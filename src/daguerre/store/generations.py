@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from daguerre import metrics
 from daguerre.store import idempotency, money, postgres, webhooks
 from daguerre.store.clock import utcnow
 from daguerre.store.db import Database
@@ -563,6 +564,19 @@ class GenerationStore:
             return None
         return int(row["progress_step"]), int(row["progress_total"])
 
+    def queue_summary(self) -> dict[str, tuple[int, float]]:
+        """model -> (queued generations, age in seconds of the oldest), for the metrics."""
+        query = (
+            sa.select(g.c.model, sa.func.count(), sa.func.min(g.c.created_at))
+            .where(g.c.state == State.QUEUED.value)
+            .group_by(g.c.model)
+        )
+        now = utcnow()
+        with self._db.read() as conn:
+            return {
+                row[0]: (int(row[1]), max((now - row[2]).total_seconds(), 0.0)) for row in conn.execute(query)
+            }
+
     def queue_position(self, generation_id: str, created_at: datetime) -> int:
         """How many queued generations were created before this one (the claim order), plus one."""
         ahead = self._db.scalar(_QUEUED_AHEAD, {"created_at": created_at, "generation_id": generation_id})
@@ -638,11 +652,17 @@ class GenerationStore:
         return changed
 
     def _ended(self, conn: Connection, generation_ids: Collection[str]) -> None:
-        """These generations ended in this transaction: owe their webhooks (store.webhooks), and on
-        PostgreSQL tell the other processes (api.waiting; on SQLite it reads `PRAGMA data_version`)."""
+        """These generations ended in this transaction: owe their webhooks (store.webhooks), on
+        PostgreSQL tell the other processes (api.waiting; on SQLite it reads `PRAGMA data_version`),
+        and count in this process's metrics."""
         webhooks.enqueue(conn, generation_ids)
         if not self._db.is_sqlite:
             postgres.notify_done(conn)
+        ended = sa.select(
+            g.c.model, g.c.state, g.c.failure_code, g.c.created_at, g.c.started_at, g.c.finished_at
+        )
+        for row in conn.execute(ended.where(g.c.id.in_(list(generation_ids)))):
+            metrics.generation_ended(*row)
 
     def states(self, generation_ids: Collection[str]) -> dict[str, State]:
         """The state of each of these generations (unknown ones are left out), in one query."""

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from daguerre import metrics
 from daguerre.blobs import BlobNotFound, BlobStore
 from daguerre.engine import EngineJob, ModelRegistry, StepHook, seed_for
 from daguerre.errors import JobFailure
@@ -137,12 +138,21 @@ def generate(ctx: StageContext, prepared: Prepared, on_step: StepHook) -> Genera
         seed=request.seed,
     )
 
+    step_seconds = metrics.ENGINE_STEP_SECONDS.labels(request.model)
+    last_step = time.perf_counter()
+
     def step(done: int, total: int) -> None:
+        nonlocal last_step
+        now = time.perf_counter()
+        step_seconds.observe(now - last_step)
+        last_step = now
         on_step(done, total)
         _check_deadline(request.deadline)
 
     _check_deadline(request.deadline)
-    image = ctx.registry.engine(request.model).generate(job, step)
+    engine = ctx.registry.engine(request.model)
+    last_step = time.perf_counter()
+    image = engine.generate(job, step)
     key = output_key(request.generation_id, request.token, 0, OUTPUT_EXTENSIONS[request.output_format])
     try:
         ctx.blobs.put(
