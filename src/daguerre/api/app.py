@@ -27,7 +27,18 @@ from starlette.routing import BaseRoute, Match
 
 from daguerre import __version__
 from daguerre.api import blobs as blob_routes
-from daguerre.api import events, files, generations, health, jobs, metrics, openapi, usage, webhooks
+from daguerre.api import (
+    events,
+    files,
+    generations,
+    health,
+    jobs,
+    metrics,
+    openapi,
+    playground,
+    usage,
+    webhooks,
+)
 from daguerre.api.deps import Services
 from daguerre.api.docs import mount_docs
 from daguerre.api.files import maintain_files
@@ -109,6 +120,7 @@ def create_app(
 
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(playground.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
