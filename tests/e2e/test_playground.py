@@ -68,7 +68,8 @@ def wait_for_state(page: Page, state: str, timeout_ms: int = 60_000) -> None:
 def result_size(page: Page) -> tuple[int, int]:
     """The shown result's size once the browser has loaded it."""
     page.wait_for_function(
-        "() => { const i = document.getElementById('result'); return !i.hidden && i.complete && i.naturalWidth > 0 }"
+        "() => { const i = document.getElementById('result');"
+        " return !i.hidden && i.complete && i.naturalWidth > 0 }"
     )
     width, height = page.eval_on_selector("#result", "img => [img.naturalWidth, img.naturalHeight]")
     return int(width), int(height)
@@ -146,4 +147,20 @@ def test_the_page_fits_a_phone_and_says_what_went_wrong(browser, server):
     page.fill("#key", "dg_not-a-key")
     page.click("#key-form button[type=submit]")
     expect(page.locator("#key-state")).to_contain_text("401")
+    context.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "rendered"), [("/docs", ".swagger-ui .info .title"), ("/redoc", ".redoc-wrap h1")]
+)
+def test_the_api_docs_render_offline(browser, server, path, rendered):
+    """/docs and /redoc draw the API's pages from daguerre's own assets (no CDN)."""
+    context = browser.new_context()
+    page = context.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(server.base_url + path)
+    expect(page.locator(rendered).first).to_contain_text("daguerre", timeout=30_000)
+    hosts = {urlsplit(url).hostname for url in requested if not url.startswith(("data:", "blob:"))}
+    assert hosts == {"127.0.0.1"}, requested
     context.close()
