@@ -12,7 +12,8 @@ import torch
 from daguerre.engine.builtin import scenes
 from daguerre.engine.builtin.analysis import analyse, to_scene
 from daguerre.engine.builtin.editing import apply_edit, edit_targets, keep_mask
-from daguerre.engine.builtin.model import EDIT_KINDS, SLOTS, LayoutPrediction
+from daguerre.engine.builtin.model import RELATION_CLASSES, SLOTS, LayoutPrediction
+from daguerre.engine.builtin.scenes import EDIT_KINDS
 from daguerre.sizing import size_table
 from daguerre.wire import ASPECT_RATIOS
 
@@ -26,15 +27,15 @@ def test_a_rendered_scene_reads_back_as_itself(shape_classifier):
     read_back = 0
     for i in range(100):
         ratio = ASPECT_RATIOS[i % len(ASPECT_RATIOS)]
-        scene = scenes.sample_scene(rng, ratio)
-        width, height = size_table(96 * 96, 8)[ratio]
+        scene = scenes.sample_scene(rng, ratio, style="auto")
+        width, height = size_table(160 * 160, 8)[ratio]
         got = to_scene(analyse(scenes.render(scene, width, height), shape_classifier), ratio)
         expected = sorted(scene.shapes, key=lambda s: s.x)
         read_back += (
             got.background == scene.background
             and len(got.shapes) == len(expected)
             and all(
-                (a.kind, a.colour) == (b.kind, b.colour)
+                (a.kind, a.colour, a.filled) == (b.kind, b.colour, b.filled)
                 and abs(a.x - b.x) < 0.03
                 and abs(a.y - b.y) < 0.03
                 and abs(a.radius / b.radius - 1) < 0.15
@@ -51,6 +52,7 @@ def prediction(
     new_shape: str | None = None,
     place: tuple[float, float, float] = (0.5, 0.5, 0.1),
     background: str | None = None,
+    filled: bool = True,
 ) -> LayoutPrediction:
     """A confident prediction of one edit."""
 
@@ -77,6 +79,8 @@ def prediction(
         geometry_log_std=torch.full((1, SLOTS, 3), -6.0),
         background_logits=one_hot(scenes.COLOURS, background)[None],
         kind_logits=one_hot(EDIT_KINDS, kind)[None],
+        filled_logit=torch.full((1, SLOTS), 5.0 if filled else -5.0),
+        relation_logits=torch.zeros(1, len(RELATION_CLASSES)),
     )
 
 
@@ -100,6 +104,16 @@ def test_apply_edit_changes_the_referred_object_and_keeps_the_rest():
     assert (heart.x, heart.y, heart.radius) == pytest.approx((0.5, 0.2, 0.1), abs=0.01)
     background = apply_edit(SCENE, prediction("background", background="black"), rng)
     assert (background.background, background.shapes) == ("black", SCENE.shapes)
+    outlined = apply_edit(
+        SCENE,
+        prediction("add", new_colour="green", new_shape="hexagon", place=(0.5, 0.2, 0.1), filled=False),
+        rng,
+    )
+    assert (outlined.shapes[2].kind, outlined.shapes[2].filled) == ("hexagon", False)
+    grown = apply_edit(SCENE, prediction("grow", ("circle", "blue")), rng)
+    assert grown.shapes[0] == RED_STAR and grown.shapes[1].radius == pytest.approx(0.225)
+    shrunk = apply_edit(SCENE, prediction("shrink", ("star", None)), rng)
+    assert shrunk.shapes[1] == BLUE_CIRCLE and shrunk.shapes[0].radius == pytest.approx(0.09)
 
 
 def test_an_edit_always_changes_something():
@@ -129,14 +143,20 @@ def test_the_kept_mask_blanks_what_changes():
 
 def test_edit_targets_label_each_field_where_it_applies():
     rng = random.Random(3)
-    edits = [scenes.sample_edit(rng, scenes.sample_scene(rng, "1:1", count=2), kind) for kind in EDIT_KINDS]
+    small = [scenes.Shape("circle", "red", 0.3, 0.5, 0.12), scenes.Shape("star", "blue", 0.7, 0.5, 0.15)]
+    edits = [scenes.sample_edit(rng, scenes.Scene("white", tuple(small)), kind) for kind in EDIT_KINDS]
     target = edit_targets(edits)
-    assert target.kind.tolist() == [0, 1, 2, 3, 4]
-    assert target.referent_mask.tolist() == [1, 0, 1, 0, 1]
-    assert target.new_colour_mask.tolist() == [1, 0, 0, 1, 0]
-    assert target.new_shape_mask.tolist() == [0, 0, 0, 1, 0]
-    assert target.geometry_mask.tolist() == [[0, 0, 0], [0, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0]]
-    assert target.background_mask.tolist() == [0, 1, 0, 0, 0]
+    assert EDIT_KINDS == ("recolour", "background", "move", "add", "remove", "grow", "shrink")
+    assert target.kind.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert target.referent_mask.tolist() == [1, 0, 1, 0, 1, 1, 1]
+    assert target.new_colour_mask.tolist() == [1, 0, 0, 1, 0, 0, 0]
+    assert target.new_shape_mask.tolist() == [0, 0, 0, 1, 0, 0, 0]
+    assert target.new_filled_mask.tolist() == [0, 0, 0, 1, 0, 0, 0]
+    assert (
+        target.geometry_mask.tolist()
+        == [[0, 0, 0], [0, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0]] + [[0, 0, 0]] * 2
+    )
+    assert target.background_mask.tolist() == [0, 1, 0, 0, 0, 0, 0]
     recolour = edits[0]
     assert scenes.COLOURS[int(target.new_colour[0])] == recolour.target.shapes[recolour.index].colour
     assert scenes.COLOURS[int(target.referent_colour[0])] == recolour.source.shapes[recolour.index].colour
@@ -155,5 +175,6 @@ def test_an_add_of_an_object_the_source_already_shows_is_read_as_the_next_likely
     other = prediction("add", new_colour="red", new_shape="heart", place=(0.5, 0.2, 0.1))
     other.kind_logits[0, EDIT_KINDS.index("move")] = 5.0
     assert len(apply_edit(SCENE, other, rng).shapes) == 3
-    full = scenes.Scene("white", (*SCENE.shapes, scenes.Shape("heart", "red", 0.5, 0.8, 0.1)), "1:1")
-    assert len(apply_edit(full, other, rng).shapes) == 3
+    more = (scenes.Shape("heart", "red", 0.5, 0.8, 0.1), scenes.Shape("cross", "green", 0.5, 0.2, 0.1))
+    full = scenes.Scene("white", (*SCENE.shapes, *more), "1:1")
+    assert len(apply_edit(full, other, rng).shapes) == 4

@@ -3,22 +3,35 @@ output size, edits that keep the source's shape, and a quality floor on held-out
 
 from __future__ import annotations
 
+import logging
 import random
+from dataclasses import replace
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from daguerre.engine import EngineJob, ModelRegistry, load_models_file
 from daguerre.engine.builtin import WEIGHTS, BuiltinEngine, scenes
 from daguerre.engine.builtin.analysis import analyse
-from daguerre.engine.builtin.evaluate import heldout_instruction, heldout_prompt, score_edit, score_prompt
+from daguerre.engine.builtin.evaluate import (
+    README_PROMPT,
+    README_SCENE,
+    crispness,
+    heldout_instruction,
+    heldout_prompt,
+    is_manga,
+    sample_edit_of_kind,
+    score_edit,
+    score_prompt,
+    scored,
+)
 from daguerre.errors import JobFailure
 from daguerre.sizing import fit_size, size_table
 from daguerre.wire import ASPECT_RATIOS, FailureCode, GenerationType
 
 # A little under what bench/RESULTS.md records for the shipped weights (uni-1), so a worse model fails.
-# (This set measured 100 % on every check but shape, 96 %, on the development machine.)
-FLOOR = {"background": 0.95, "colour": 0.9, "shape": 0.85, "position": 0.85, "edit": 0.8}
+FLOOR = {"background": 0.9, "colour": 0.85, "shape": 0.8, "position": 0.8, "fill": 0.85, "edit": 0.75}
 
 
 @pytest.fixture(scope="module")
@@ -82,34 +95,111 @@ def test_same_seed_same_image(registry):
 
 
 def test_held_out_prompts_and_edits_pass_the_quality_floor(registry, shape_classifier):
-    """27 prompts and 15 edits in the evaluation's held-out wording (the full evaluation, with more
+    """36 prompts and 14 edits in the evaluation's held-out wording (the full evaluation, with more
     of each, is `python -m daguerre.engine.builtin.evaluate`)."""
     engine = registry.engine("uni-1")
     rng = random.Random(99)
     totals: dict[str, list[bool]] = {}
-    for i in range(27):
+    for i in range(36):
         ratio = ASPECT_RATIOS[i % len(ASPECT_RATIOS)]
-        scene = scenes.sample_scene(rng, ratio)
+        scene = scenes.sample_scene(rng, ratio, style="auto")
         image = engine.generate(job("uni-1", heldout_prompt(scene, rng), ratio, seed=i), lambda s, t: None)
-        for key, ok in score_prompt(scene, analyse(image, shape_classifier)).items():
+        for key, ok in score_prompt(scene, analyse(scored(image), shape_classifier)).items():
             if ok is not None:
                 totals.setdefault(key, []).append(ok)
-    for i in range(15):
+    for i in range(14):
         ratio = ASPECT_RATIOS[i % len(ASPECT_RATIOS)]
-        kind = ("recolour", "background", "move", "add", "remove")[i % 5]
-        scene = scenes.sample_scene(
-            rng, ratio, max_count=2 if kind == "add" else 3, count=2 if kind == "remove" else None
-        )
-        edit = scenes.sample_edit(rng, scene, kind)
-        width, height = size_table(96 * 96, 8)[ratio]
-        source = scenes.render(edit.source, width * 4, height * 4)
+        edit = sample_edit_of_kind(rng, ratio, scenes.EDIT_KINDS[i % len(scenes.EDIT_KINDS)])
+        source = scenes.render(edit.source, *size_table(512 * 512, 16)[ratio])
         image = engine.generate(
             job("uni-1", heldout_instruction(edit, rng), source=source, seed=i), lambda s, t: None
         )
-        totals.setdefault("edit", []).append(score_edit(edit, analyse(image, shape_classifier))["pass"])
+        before = analyse(scored(source), shape_classifier)
+        result = score_edit(edit, analyse(scored(image), shape_classifier), before)
+        totals.setdefault("edit", []).append(result["pass"])
     rates = {key: sum(values) / len(values) for key, values in totals.items()}
     for key, floor in FLOOR.items():
         assert rates[key] >= floor, rates
+
+
+def test_the_readmes_prompt_draws_a_red_circle_above_a_blue_square_at_every_ratio(registry, shape_classifier):
+    engine = registry.engine("uni-1")
+    passed = []
+    for i, ratio in enumerate(ASPECT_RATIOS):
+        image = engine.generate(job("uni-1", README_PROMPT, ratio, seed=100 + i), lambda s, t: None)
+        expected = replace(README_SCENE, ratio=ratio)
+        passed.append(score_prompt(expected, analyse(scored(image), shape_classifier))["all"])
+    assert sum(passed) >= 8, passed
+
+
+@pytest.mark.parametrize("model", ["uni-1", "uni-1-max"])
+def test_pictures_are_crisp_at_the_delivered_size(registry, model):
+    """Flat colours without grain and edges about a pixel wide, where an enlargement of the drawn
+    picture (what the first version delivered) has both."""
+    engine = registry.engine(model)
+    image = engine.generate(
+        job(model, "a large green star and a small outlined red hexagon", "1:1"), lambda s, t: None
+    )
+    grain, edge = crispness(image)
+    assert grain < 2.0 and edge < 2.0, (grain, edge)
+    ((width, height), _) = engine.sizes(job(model, "x", "1:1"))
+    enlarged = image.resize((width, height), Image.Resampling.BOX).resize(
+        image.size, Image.Resampling.LANCZOS
+    )
+    assert crispness(enlarged)[1] > 2 * edge
+
+
+def test_counts_outlines_and_manga(registry, shape_classifier):
+    engine = registry.engine("uni-1")
+    stars = analyse(
+        scored(engine.generate(job("uni-1", "three small yellow stars", seed=3), lambda s, t: None)),
+        shape_classifier,
+    )
+    assert [(r.colour, r.shape) for r in stars.regions] == [("yellow", "star")] * 3
+    assert stars.background == "white"
+    hollow = analyse(
+        scored(engine.generate(job("uni-1", "an outlined blue hexagon", seed=4), lambda s, t: None)),
+        shape_classifier,
+    )
+    assert [(r.colour, r.shape, r.filled) for r in hollow.regions] == [("blue", "hexagon", False)]
+    prompt = "a red heart next to a blue circle on a yellow background"
+    manga = engine.generate(replace(job("uni-1", prompt, seed=5), style="manga"), lambda s, t: None)
+    assert is_manga(manga)  # ink and screentone on paper, whatever the prompt's colours
+    colour = engine.generate(job("uni-1", prompt, seed=5), lambda s, t: None)
+    assert not is_manga(colour)
+
+
+def test_a_prompt_outside_the_world_fails_and_says_what_the_model_draws(registry):
+    engine = registry.engine("uni-1")
+    with pytest.raises(JobFailure) as failure:
+        engine.generate(job("uni-1", "a photo of a cat on a sofa"), lambda s, t: None)
+    assert failure.value.code == FailureCode.GENERATION_FAILED
+    assert "hexagon" in failure.value.reason and "docs/models.md" in failure.value.reason
+    # filler words around a prompt the model can draw are ignored, not refused
+    engine.generate(job("uni-1", "a photo of a red circle, high quality, 4k"), lambda s, t: None)
+
+
+def test_ignored_words_and_an_overlong_prompt_are_logged(registry, caplog):
+    engine = registry.engine("uni-1")
+    caplog.set_level(logging.INFO, logger="daguerre.engine.builtin")
+    engine.generate(job("uni-1", "a majestic red circle, cinematic"), lambda s, t: None)
+    assert "ignored 2 word(s) it does not know: majestic cinematic" in caplog.text
+    caplog.clear()
+    long = "a red circle on a blue background " + "with a green square " * 30
+    engine.generate(job("uni-1", long), lambda s, t: None)
+    assert "longer than the built-in model reads; it ignored the last" in caplog.text
+
+
+def test_a_photo_is_not_edited_into_shapes(registry):
+    engine = registry.engine("uni-1")
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:256, 0:256]
+    photo = np.stack([xs, ys, (xs + ys) // 2], axis=-1) + rng.normal(0, 12, (256, 256, 3))
+    source = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8))
+    with pytest.raises(JobFailure) as failure:
+        engine.generate(job("uni-1", "make the background blue", source=source), lambda s, t: None)
+    assert failure.value.code == FailureCode.GENERATION_FAILED
+    assert "not such a picture" in failure.value.reason
 
 
 def test_missing_weights_fail_the_job_with_instructions(tmp_path):

@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from daguerre.engine.builtin import scenes
 from daguerre.engine.builtin.model import SILHOUETTE_CHANNELS, UNSHUFFLE
 from daguerre.engine.builtin.pipeline import BuiltinPipeline
 from daguerre.engine.builtin.train import (
+    ANALOGUES,
     UNKNOWN,
     TrainConfig,
     build_pipeline,
@@ -122,6 +124,43 @@ def test_a_run_can_start_from_an_earlier_checkpoint_with_fewer_conditioning_chan
     tuned = tmp_path / "tuned"
     train(TrainConfig(steps=1, init_from=str(earlier), **TINY), tuned)
     assert json.loads((tuned / "summary.json").read_text())["config"]["init_from"] == str(earlier)
+
+
+def test_a_run_can_start_from_a_smaller_world(run, tmp_path, capsys):
+    """A model of the first world (five shapes, another vocabulary) warm-starts the second: new
+    shapes take the map embedding of the shape they look most like, the text side starts afresh
+    where its sizes changed, and the run says which tensors did."""
+    out, _ = run
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    ema = state["ema"]
+    ema["layout"]["shape_embedding.weight"] = ema["layout"]["shape_embedding.weight"][:5].clone()
+    words = ema["text_encoder"]["embeddings.word_embeddings.weight"]
+    ema["text_encoder"]["embeddings.word_embeddings.weight"] = words[:-7].clone()
+    earlier = tmp_path / "five-shapes.pt"
+    torch.save(state, earlier)
+
+    pipe = build_pipeline(TrainConfig(**TINY))
+    warm_start({"text_encoder": pipe.text_encoder, "layout": pipe.layout, "unet": pipe.unet}, earlier)
+    embedding = pipe.layout.state_dict()["shape_embedding.weight"]
+    old = ema["layout"]["shape_embedding.weight"]
+    assert torch.equal(embedding[:5], old)
+    for kind, like in ANALOGUES.items():
+        assert torch.equal(embedding[scenes.SHAPES.index(kind)], old[scenes.SHAPES.index(like)])
+    assert not torch.equal(
+        pipe.text_encoder.state_dict()["embeddings.word_embeddings.weight"][:-7], words[:-7]
+    )
+    assert "text_encoder.embeddings.word_embeddings.weight" in capsys.readouterr().out
+
+
+def test_a_run_can_start_from_a_pipeline_folder(run, tmp_path):
+    out, _ = run
+    tuned = tmp_path / "from-folder"
+    train(TrainConfig(steps=1, init_from=str(out / "pipeline"), **TINY), tuned)
+    exported = BuiltinPipeline.from_pretrained(out / "pipeline", local_files_only=True)
+    before = exported.unet.state_dict()
+    after = torch.load(tuned / "checkpoint.pt", weights_only=False)["model"]["unet"]
+    # one step of AdamW moves every weight a little from where the folder's weights started
+    assert all((after[k] - v).abs().max() < 0.01 for k, v in before.items() if v.dtype.is_floating_point)
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(run, tmp_path):

@@ -1,13 +1,15 @@
 """The built-in model: daguerre's own small text-to-image and edit model, shipped inside the package.
 
-It needs no download and runs on a laptop CPU in about a second. It draws the world it was trained
-on: one to three flat shapes (circle, square, triangle, star, heart) in twelve colours on a plain
-background, placed by name (left, top right, centre...) or relative to each other (left of,
-above...), and it edits such pictures (recolour, change the background, move, add, remove). See
+It needs no download and runs on a laptop CPU in well under a second. It draws the world it was
+trained on: one to four flat shapes (thirteen kinds, filled or outlined) in named colours on a plain
+background, placed by name (left, top right, centre...), relative to each other (left of, above,
+next to, between...) or counted ("three small yellow stars"), in colour or as manga, and it edits
+such pictures (recolour, change the background, move, add, remove, make bigger or smaller). A
+prompt that names nothing of that world fails with `generation_failed` and says so. See
 docs/builtin-model.md for how it was built and trained, what it can and cannot do, and its scores.
 
-The engine draws at a small internal size (the model's `pixels`) and resizes to the output size
-(`output_pixels`) with Lanczos resampling.
+The denoiser draws at a small internal size (the model's `pixels`); the pipeline then paints the
+picture at the output size (`output_pixels`) from the layout and the colours the denoiser drew.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daguerre.engine.base import EngineJob, StepHook
+from daguerre.engine.builtin.scenes import STYLES
 from daguerre.errors import JobFailure
 from daguerre.sizing import fit_size, size_table
 from daguerre.wire import FailureCode, GenerationType
@@ -99,7 +102,7 @@ class BuiltinEngine:
         )
 
     def generate(self, job: EngineJob, on_step: StepHook) -> Image.Image:
-        from PIL import Image as PILImage
+        from daguerre.engine.builtin.pipeline import CannotDraw
 
         if job.type == GenerationType.IMAGE_EDIT and job.source is None:
             raise JobFailure(FailureCode.INVALID_REQUEST, "image_edit needs a source image")
@@ -109,15 +112,40 @@ class BuiltinEngine:
             on_step(step + 1, pipe.num_timesteps)
             return tensors
 
-        result = self.pipe(
-            prompt=job.prompt,
-            width=width,
-            height=height,
-            num_inference_steps=self.steps,
-            image=job.source,
-            generator=self._torch.Generator("cpu").manual_seed(job.seed),
-            temperature=self.temperature,
-            callback_on_step_end=callback,
-        )
+        try:
+            result = self.pipe(
+                prompt=job.prompt,
+                width=width,
+                height=height,
+                num_inference_steps=self.steps,
+                image=job.source,
+                generator=self._torch.Generator("cpu").manual_seed(job.seed),
+                temperature=self.temperature,
+                callback_on_step_end=callback,
+                style=job.style if job.style in STYLES else "auto",
+                output_size=output,
+            )
+        except CannotDraw as refusal:
+            raise JobFailure(FailureCode.GENERATION_FAILED, str(refusal)) from None
+        reading = result.readings[0]
+        if reading.unknown:
+            log.info(
+                "%s: the built-in model ignored %d word(s) it does not know: %s",
+                job.id,
+                len(reading.unknown),
+                _words(reading.unknown),
+            )
+        if reading.unread:
+            log.warning(
+                "%s: the prompt is longer than the built-in model reads; it ignored the last %d word(s): %s",
+                job.id,
+                len(reading.unread),
+                _words(reading.unread),
+            )
         image: Image.Image = result.images[0]
-        return image.resize(output, PILImage.Resampling.LANCZOS)
+        return image
+
+
+def _words(words: tuple[str, ...], limit: int = 20) -> str:
+    shown = " ".join(words[:limit])
+    return shown + (f" … (+{len(words) - limit} more)" if len(words) > limit else "")

@@ -9,7 +9,7 @@ way to score them, with its own, separately trained shape classifier.
 
 The background is the median colour of the border; objects are the connected regions that differ
 from it by more than a fixed distance in RGB, at least MIN_AREA_FRACTION of the picture; a region's
-colour is the nearest of the twelve named colours to the median of its interior. Shapes come from
+colour is the nearest of the named colours to the median of its interior. Shapes come from
 a small CNN on the region's mask (`shape_network`), trained on the generator's renderings.
 """
 
@@ -28,6 +28,8 @@ PALETTE_ARRAY = np.array([scenes.PALETTE[c] for c in scenes.COLOURS], dtype=np.f
 MIN_AREA_FRACTION = 0.002
 FOREGROUND_DISTANCE = 60.0
 MASK_SIZE = 32
+OUTLINE_COVERAGE = 0.75
+"""A region whose drawn pixels cover less than this of the area they enclose is an outline."""
 
 
 @dataclass
@@ -37,7 +39,10 @@ class Region:
     y: float
     area: float
     mask: np.ndarray = field(repr=False)
+    """The region with its holes filled: an outlined shape's whole area."""
     shape: str | None = None
+    filled: bool = True
+    """False for an outline: the drawn pixels cover little of the area they enclose."""
 
 
 @dataclass
@@ -65,12 +70,13 @@ def analyse(image: Image.Image, classify: Callable[[np.ndarray], str] | None = N
     labels, count = ndimage.label(foreground)
     regions = []
     for index in range(1, count + 1):
-        mask = labels == index
+        drawn = labels == index
+        mask = np.asarray(ndimage.binary_fill_holes(drawn))
         area = mask.sum() / (h * w)
         if area < MIN_AREA_FRACTION:
             continue
-        interior = ndimage.binary_erosion(mask, iterations=1)
-        inside = interior if interior.sum() >= 4 else mask
+        interior = ndimage.binary_erosion(drawn, iterations=1)
+        inside = interior if interior.sum() >= 4 else drawn
         ys, xs = np.nonzero(mask)
         region = Region(
             colour=nearest_colour(np.median(pixels[inside], axis=0)),
@@ -78,6 +84,7 @@ def analyse(image: Image.Image, classify: Callable[[np.ndarray], str] | None = N
             y=float(ys.mean() + 0.5) / h,
             area=float(area),
             mask=mask,
+            filled=bool(drawn.sum() > OUTLINE_COVERAGE * mask.sum()),
         )
         if classify is not None:
             region.shape = classify(mask)
@@ -135,7 +142,7 @@ def _extent(kind: str) -> tuple[float, float, float]:
 EXTENTS = {kind: _extent(kind) for kind in scenes.SHAPES}
 
 
-def to_scene(analysis: Analysis, ratio: str, max_objects: int = 3) -> scenes.Scene:
+def to_scene(analysis: Analysis, ratio: str, max_objects: int = scenes.MAX_OBJECTS) -> scenes.Scene:
     """The analysed picture as a scene: the largest `max_objects` regions, each with the centre and
     radius its shape's outline would have given its bounding box. Regions need their shapes."""
     short = min(analysis.width, analysis.height)
@@ -154,6 +161,7 @@ def to_scene(analysis: Analysis, ratio: str, max_objects: int = 3) -> scenes.Sce
                 float(cx / analysis.width),
                 float(cy / analysis.height),
                 float(min(max(radius, 0.02), 0.5)),
+                filled=region.filled,
             )
         )
     shapes.sort(key=lambda s: s.x)

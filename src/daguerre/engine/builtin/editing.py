@@ -17,7 +17,8 @@ import torch
 
 from daguerre.engine.builtin import scenes
 from daguerre.engine.builtin.analysis import FOREGROUND_DISTANCE
-from daguerre.engine.builtin.model import EDIT_KINDS, SLOTS, EditTarget, LayoutPrediction
+from daguerre.engine.builtin.model import SLOTS, EditTarget, LayoutPrediction
+from daguerre.engine.builtin.scenes import EDIT_KINDS
 
 KEEP_RADIUS = 1.25  # radii around a changing object that are redrawn
 
@@ -26,11 +27,12 @@ def edit_targets(batch: list[scenes.Edit]) -> EditTarget:
     """The generator's edits as training targets for `LayoutModel.edit_loss`."""
     n = len(batch)
     longs = {name: torch.zeros(n, dtype=torch.long) for name in ("kind", "rs", "rc", "nc", "ns", "bg")}
-    masks = {name: torch.zeros(n) for name in ("referent", "new_colour", "new_shape", "background")}
+    masks = {name: torch.zeros(n) for name in ("referent", "new_colour", "new_shape", "background", "filled")}
+    filled = torch.zeros(n, dtype=torch.long)
     geometry, geometry_mask = torch.zeros(n, 3), torch.zeros(n, 3)
     for i, edit in enumerate(batch):
         longs["kind"][i] = EDIT_KINDS.index(edit.kind)
-        if edit.kind in ("recolour", "move", "remove"):
+        if edit.kind in ("recolour", "move", "remove", "grow", "shrink"):
             assert edit.index is not None
             old = edit.source.shapes[edit.index]
             longs["rs"][i], longs["rc"][i] = scenes.SHAPES.index(old.kind), scenes.COLOURS.index(old.colour)
@@ -44,6 +46,8 @@ def edit_targets(batch: list[scenes.Edit]) -> EditTarget:
             if edit.kind == "add":
                 longs["ns"][i] = scenes.SHAPES.index(new.kind)
                 masks["new_shape"][i] = 1
+                filled[i] = int(new.filled)
+                masks["filled"][i] = 1
             if edit.kind != "recolour":
                 geometry[i] = torch.tensor([new.x, new.y, new.radius])
                 geometry_mask[i] = torch.tensor([1.0, 1.0, 1.0 if edit.kind == "add" else 0.0])
@@ -63,6 +67,8 @@ def edit_targets(batch: list[scenes.Edit]) -> EditTarget:
         geometry_mask=geometry_mask,
         background=longs["bg"],
         background_mask=masks["background"],
+        new_filled=filled,
+        new_filled_mask=masks["filled"],
     )
 
 
@@ -95,7 +101,8 @@ def apply_edit(
         colour, kind_ = added_colour, added_kind
         radius = min(max(mean[2] + temperature * std[2] * rng.gauss(0, 1), 0.05), 0.3)
         x, y = scenes.clamp_inside(mean[0], mean[1], radius, ratio)
-        return replace(source, shapes=(*shapes, scenes.Shape(kind_, colour, x, y, radius)))
+        filled = bool(prediction.filled_logit[0, 1] > 0)
+        return replace(source, shapes=(*shapes, scenes.Shape(kind_, colour, x, y, radius, filled=filled)))
     shape_logp = prediction.shape_logits[0, 0].log_softmax(-1)
     colour_logp = prediction.colour_logits[0, 0].log_softmax(-1)
     index = max(
@@ -108,6 +115,10 @@ def apply_edit(
     old = shapes[index]
     if kind == "remove":
         del shapes[index]
+    elif kind in ("grow", "shrink"):
+        radius = scenes.resize_radius(old.radius, kind)
+        x, y = scenes.clamp_inside(old.x, old.y, radius, ratio)
+        shapes[index] = replace(old, x=x, y=y, radius=radius)
     elif kind == "recolour":
         avoid = scenes.COLOURS.index(old.colour)
         shapes[index] = replace(

@@ -3,7 +3,7 @@
 Parts, all diffusers / transformers components, saved together as one pipeline:
 
 1. A word-level tokenizer and a small BERT text encoder (`transformers.BertModel`). The input is
-   `[CLS] [R:<ratio>] [OBJ1] [OBJ2] [OBJ3] [BG] <prompt words> [SEP]`; edit instructions are marked
+   `[CLS] [R:<ratio>] [OBJ1] .. [OBJ4] [BG] <prompt words> [SEP]`; edit instructions are marked
    with token type 1.
 2. `LayoutModel` reads the encoder's states at the query tokens. For a prompt it predicts the scene
    layout: per object slot whether it exists, its shape, its colour, and a Gaussian over its centre
@@ -42,16 +42,27 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from daguerre.engine.builtin.analysis import shape_network
-from daguerre.engine.builtin.scenes import COLOURS, PALETTE, SHAPES, outline
+from daguerre.engine.builtin.scenes import (
+    COLOURS,
+    EDIT_KINDS,
+    PALETTE,
+    RELATIONS,
+    SHAPES,
+    outline,
+    stroke,
+    stroke_width,
+)
 from daguerre.wire import ASPECT_RATIOS
 
-SLOTS = 3
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[OBJ1]", "[OBJ2]", "[OBJ3]", "[BG]"] + [
+SLOTS = 4
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[OBJ1]", "[OBJ2]", "[OBJ3]", "[OBJ4]", "[BG]"] + [
     f"[R:{ratio}]" for ratio in ASPECT_RATIOS
 ]
 QUERY_OFFSET = 2  # [CLS] [R:..] come first, then the slot queries and [BG]
-MAX_TEXT_TOKENS = 48
-EDIT_KINDS = ("recolour", "background", "move", "add", "remove")
+MAX_TEXT_TOKENS = 96
+RELATION_CLASSES = ("none", *RELATIONS)
+"""What the relation head predicts: how the first named object stands to the second (and third)."""
+STYLE_CHANNELS = 1  # 1 where the picture is drawn as manga
 MASK_RADIUS = 1.4  # object maps cover the disk of this many radii around each centre
 EDIT_CHANNELS = 4  # the kept part of an edit's source (3) and the kept mask (1)
 UNSHUFFLE = 2  # the denoiser runs at half resolution on 2x2 pixel blocks
@@ -72,6 +83,8 @@ class Layout:
     y: torch.Tensor
     radius: torch.Tensor
     background: torch.Tensor
+    filled: torch.Tensor  # (B, SLOTS): 1 filled, 0 outlined
+    style: torch.Tensor  # (B,): 1 manga, 0 colour
 
     def to(self, device: torch.device | str) -> Layout:
         return Layout(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
@@ -86,6 +99,8 @@ class LayoutPrediction:
     geometry_log_std: torch.Tensor  # (B, SLOTS, 3)
     background_logits: torch.Tensor  # (B, len(COLOURS))
     kind_logits: torch.Tensor  # (B, len(EDIT_KINDS)): for edit instructions
+    filled_logit: torch.Tensor  # (B, SLOTS)
+    relation_logits: torch.Tensor  # (B, len(RELATION_CLASSES)): for prompts
 
 
 @dataclass
@@ -108,6 +123,8 @@ class EditTarget:
     geometry_mask: torch.Tensor  # (B, 3)
     background: torch.Tensor
     background_mask: torch.Tensor
+    new_filled: torch.Tensor  # an added object's: 1 filled, 0 outlined
+    new_filled_mask: torch.Tensor
 
 
 class LayoutModel(ModelMixin, ConfigMixin):
@@ -132,6 +149,8 @@ class LayoutModel(ModelMixin, ConfigMixin):
         self.geometry = nn.Linear(hidden_size, 6)
         self.background = nn.Linear(hidden_size, num_colours)
         self.kind = nn.Linear(hidden_size, len(EDIT_KINDS))
+        self.filled = nn.Linear(hidden_size, 1)
+        self.relation = nn.Linear(hidden_size, len(RELATION_CLASSES))
         self.shape_embedding = nn.Embedding(num_shapes, map_embedding_dim)
         self.shape_reader = shape_network()
         palette = torch.tensor([PALETTE[c] for c in COLOURS], dtype=torch.float32) / 127.5 - 1
@@ -141,22 +160,31 @@ class LayoutModel(ModelMixin, ConfigMixin):
     @property
     def conditioning_channels(self) -> int:
         """Offsets (2), inside (1), shape embedding, object colour (3), background colour (3); the
-        edit channels; the silhouette channels."""
-        return 3 + int(self.config["map_embedding_dim"]) + 3 + 3 + EDIT_CHANNELS + SILHOUETTE_CHANNELS
+        edit channels; the silhouette channels; the style channel."""
+        return (
+            3
+            + int(self.config["map_embedding_dim"])
+            + 3
+            + 3
+            + EDIT_CHANNELS
+            + SILHOUETTE_CHANNELS
+            + STYLE_CHANNELS
+        )
 
     def conditioning(self, layout: Layout, edit: torch.Tensor, width: int, height: int) -> torch.Tensor:
         """Everything the denoiser sees besides the noisy image, (B, conditioning_channels, H, W).
-        (The silhouettes come last: a checkpoint trained before they existed warm-starts by
+        (Channels added later come last: a checkpoint trained before they existed warm-starts by
         widening its first convolution with zeros, see `train.warm_start`.)"""
         dx, dy = offsets(layout, width, height)
-        return torch.cat([self.maps(layout, dx, dy), edit, self.silhouettes(layout, dx, dy)], dim=1)
+        style = layout.style.float()[:, None, None, None].expand(-1, STYLE_CHANNELS, height, width)
+        return torch.cat([self.maps(layout, dx, dy), edit, self.silhouettes(layout, dx, dy), style], dim=1)
 
     def mix_phrases(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, T, hidden) word embeddings -> the same with local phrase context added."""
         return embeddings + self.phrase(embeddings.transpose(1, 2)).transpose(1, 2)
 
     def predict(self, states: torch.Tensor) -> LayoutPrediction:
-        """Heads on the encoder's states at [OBJ1..3] and [BG]."""
+        """Heads on the encoder's states at [CLS], [OBJ1..4] and [BG]."""
         slots = self.slot_head(states[:, QUERY_OFFSET : QUERY_OFFSET + SLOTS])
         geometry = self.geometry(slots)
         return LayoutPrediction(
@@ -167,6 +195,8 @@ class LayoutModel(ModelMixin, ConfigMixin):
             geometry_log_std=geometry[..., 3:].clamp(-6, 1),
             background_logits=self.background(states[:, QUERY_OFFSET + SLOTS]),
             kind_logits=self.kind(states[:, 0]),
+            filled_logit=self.filled(slots).squeeze(-1),
+            relation_logits=self.relation(states[:, 0]),
         )
 
     def maps(self, layout: Layout, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
@@ -195,19 +225,24 @@ class LayoutModel(ModelMixin, ConfigMixin):
         bilinearly, so edges are anti-aliased at any size) and the same coloured."""
         b, slots, h, w = dx.shape
         grid = torch.stack([dx, dy], dim=-1).view(b * slots, h, w, 2) / MASK_RADIUS
-        templates = self.templates[layout.shape.view(-1)]  # (B * SLOTS, 1, T, T)
+        template = layout.shape + len(SHAPES) * (1 - layout.filled)  # outlined ones follow the filled
+        templates = self.templates[template.view(-1)]  # (B * SLOTS, 1, T, T)
         occupancy = F.grid_sample(templates, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         occupancy = occupancy.view(b, slots, h, w) * layout.exists[..., None, None].float()
         colour = self.palette[layout.colour][..., None, None] * occupancy[:, :, None]  # (B, SLOTS, 3, H, W)
         return torch.cat([occupancy.sum(dim=1, keepdim=True).clamp(max=1), colour.sum(dim=1)], dim=1)
 
-    def loss(self, prediction: LayoutPrediction, target: Layout) -> dict[str, torch.Tensor]:
-        """Supervised layout losses for prompts (slots in the order the prompt names the objects)."""
+    def loss(
+        self, prediction: LayoutPrediction, target: Layout, relation: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Supervised layout losses for prompts (slots in the order the prompt names the objects);
+        `relation` is each prompt's index in RELATION_CLASSES."""
         exists = target.exists.float()
         present = exists.bool()
         terms = {
             "exists": F.binary_cross_entropy_with_logits(prediction.exists_logit, exists),
             "background": F.cross_entropy(prediction.background_logits, target.background),
+            "relation": F.cross_entropy(prediction.relation_logits, relation),
         }
         if present.any():
             terms["shape"] = F.cross_entropy(prediction.shape_logits[present], target.shape[present])
@@ -216,6 +251,9 @@ class LayoutModel(ModelMixin, ConfigMixin):
             mean = prediction.geometry_mean[present]
             log_std = prediction.geometry_log_std[present]
             terms["geometry"] = gaussian_nll(mean, log_std, geometry).mean()
+            terms["filled"] = F.binary_cross_entropy_with_logits(
+                prediction.filled_logit[present], target.filled[present].float()
+            )
         return terms
 
     def edit_loss(self, prediction: LayoutPrediction, target: EditTarget) -> dict[str, torch.Tensor]:
@@ -239,6 +277,13 @@ class LayoutModel(ModelMixin, ConfigMixin):
             + masked_ce(prediction.shape_logits[:, new], target.new_shape, target.new_shape_mask),
             "geometry": (nll * target.geometry_mask).sum() / target.geometry_mask.sum().clamp(min=1),
             "background": masked_ce(prediction.background_logits, target.background, target.background_mask),
+            "filled": (
+                F.binary_cross_entropy_with_logits(
+                    prediction.filled_logit[:, new], target.new_filled.float(), reduction="none"
+                )
+                * target.new_filled_mask
+            ).sum()
+            / target.new_filled_mask.sum().clamp(min=1),
         }
 
 
@@ -256,16 +301,21 @@ def offsets(layout: Layout, width: int, height: int) -> tuple[torch.Tensor, torc
 
 
 def silhouette_templates(size: int = TEMPLATE_SIZE) -> torch.Tensor:
-    """(len(SHAPES), 1, size, size): each shape's coverage over [-MASK_RADIUS, MASK_RADIUS] radii,
-    drawn by the scene generator's own outlines (4x supersampled)."""
+    """(2 * len(SHAPES), 1, size, size): each shape's coverage over [-MASK_RADIUS, MASK_RADIUS]
+    radii, filled then outlined, drawn as the scene generator draws them (4x supersampled)."""
     big = size * 4
     scale = big / (2 * MASK_RADIUS)
     masks = []
-    for kind in SHAPES:
-        canvas = Image.new("L", (big, big), 0)
-        ImageDraw.Draw(canvas).polygon(outline(kind, big / 2, big / 2, scale), fill=255)
-        small = canvas.resize((size, size), Image.Resampling.BOX)
-        masks.append(torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0))
+    for filled in (True, False):
+        for kind in SHAPES:
+            canvas = Image.new("L", (big, big), 0)
+            points = outline(kind, big / 2, big / 2, scale)
+            if filled:
+                ImageDraw.Draw(canvas).polygon(points, fill=255)
+            else:
+                stroke(ImageDraw.Draw(canvas), points, 255, stroke_width(scale, True, "auto"))
+            small = canvas.resize((size, size), Image.Resampling.BOX)
+            masks.append(torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0))
     return torch.stack(masks)[:, None]
 
 

@@ -9,6 +9,7 @@ and loaded with the pipeline.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
@@ -31,13 +32,84 @@ def vocabulary(samples: int = 20000, seed: int = 0) -> list[str]:
             texts.append(scenes.sample_edit(rng, scene).instruction)
         for text in texts:
             words.update(word for word, _ in splitter.pre_tokenize_str(text.lower()))
-    for table in (scenes.COLOUR_WORDS, scenes.SIZE_WORDS):
+    for phrase in world_phrases():
+        words.update(word for word, _ in splitter.pre_tokenize_str(phrase.lower()))
+    return SPECIAL_TOKENS + sorted(words - set(SPECIAL_TOKENS))
+
+
+def world_phrases() -> list[str]:
+    """Every colour, shape, size, count, fill and relation phrase of the generator."""
+    phrases: list[str] = ["background", *scenes.OUTLINED_WORDS, *scenes.FILLED_WORDS]
+    for table in (scenes.COLOUR_WORDS, scenes.SIZE_WORDS, scenes.COUNT_WORDS, scenes.RELATIONS):
         for synonyms in table.values():
-            words.update(synonyms)
+            phrases.extend(synonyms)
     for pairs in scenes.SHAPE_WORDS.values():
         for singular, plural in pairs:
-            words.update((singular, plural))
-    return SPECIAL_TOKENS + sorted(words - set(SPECIAL_TOKENS))
+            phrases.extend((singular, plural))
+    return phrases
+
+
+def _words(phrases: object) -> set[str]:
+    splitter = pre_tokenizers.Whitespace()
+    out: set[str] = set()
+    for phrase in phrases:  # type: ignore[attr-defined]
+        out.update(word for word, _ in splitter.pre_tokenize_str(str(phrase).lower()))
+    return out
+
+
+SHAPE_VOCABULARY = _words(p for pairs in scenes.SHAPE_WORDS.values() for pair in pairs for p in pair) - {
+    "sign",  # "plus sign" names a cross by "plus"
+    "signs",
+    "moon",  # "crescent moon" by "crescent"; "the moon" alone is no shape of this world
+    "moons",
+}
+COLOUR_VOCABULARY = _words(w for words in scenes.COLOUR_WORDS.values() for w in words) - {"light", "pale"}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How the text encoder reads a prompt: the words it knows, the words it ignores (not in its
+    vocabulary), and the known words past what it reads at all."""
+
+    known: tuple[str, ...]
+    unknown: tuple[str, ...]
+    unread: tuple[str, ...]
+
+    @property
+    def names_a_shape(self) -> bool:
+        return any(word in SHAPE_VOCABULARY for word in self.known)
+
+    @property
+    def names_a_colour(self) -> bool:
+        return any(word in COLOUR_VOCABULARY for word in self.known)
+
+
+def read(tokenizer: PreTrainedTokenizerFast, prompt: str) -> Reading:
+    """What sampling makes of a prompt (`encode_prompts` with `drop_unknown`): the known words it
+    reads, the unknown ones it drops, and the known words past its budget."""
+    words = [
+        word
+        for word, _ in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(
+            tokenizer.backend_tokenizer.normalizer.normalize_str(prompt)
+        )
+    ]
+    vocabulary = tokenizer.get_vocab()
+    known: list[str] = []
+    unknown: list[str] = []
+    unread: list[str] = []
+    budget = _word_budget()
+    for word in words:
+        if word not in vocabulary:
+            unknown.append(word)
+        elif len(known) < budget:
+            known.append(word)
+        else:
+            unread.append(word)
+    return Reading(tuple(known), tuple(unknown), tuple(unread))
+
+
+def _word_budget() -> int:
+    return MAX_TEXT_TOKENS - (2 + SLOTS + 1) - 1
 
 
 UNK, PAD, CLS, SEP = "[UNK]", "[PAD]", "[CLS]", "[SEP]"
@@ -76,14 +148,27 @@ def text_encoder_config(vocab_size: int, hidden_size: int = 128, layers: int = 3
 
 
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerFast, prompts: list[str], ratios: list[str]
+    tokenizer: PreTrainedTokenizerFast, prompts: list[str], ratios: list[str], drop_unknown: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) for `[CLS] [R:ratio] [OBJ1] [OBJ2] [OBJ3] [BG] words [SEP]`."""
-    prefix_len = 2 + SLOTS + 1
-    budget = MAX_TEXT_TOKENS - prefix_len - 1
+    """(input_ids, attention_mask) for `[CLS] [R:ratio] [OBJ1] .. [OBJ4] [BG] words [SEP]`.
+
+    Training texts keep their unknown words, a run of them as one `[UNK]` (training mixes unknown
+    words in, so the heads learn to read past them). Sampling drops them (`drop_unknown`): they
+    carry nothing this model can draw, and a trailing run of them ("…, 4k, trending on artstation")
+    otherwise sits where captions name the background. Either way a long prompt keeps the words the
+    model knows within its budget."""
+    budget = _word_budget()
+    unknown_id = tokenizer.unk_token_id
     rows: list[list[int]] = []
     for prompt, ratio in zip(prompts, ratios, strict=True):
-        words = tokenizer(prompt, add_special_tokens=False)["input_ids"][:budget]
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if drop_unknown:
+            words = [i for i in ids if i != unknown_id]
+        else:
+            words = [
+                i for k, i in enumerate(ids) if not (i == unknown_id and k > 0 and ids[k - 1] == unknown_id)
+            ]
+        words = words[:budget]
         prefix = ["[CLS]", f"[R:{ratio}]", *(f"[OBJ{k + 1}]" for k in range(SLOTS)), "[BG]"]
         rows.append(tokenizer.convert_tokens_to_ids(prefix) + words + [tokenizer.sep_token_id])
     length = max(len(row) for row in rows)

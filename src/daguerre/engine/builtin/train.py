@@ -46,7 +46,7 @@ from daguerre.engine.builtin.model import (
     network_output,
     preconditioning,
 )
-from daguerre.engine.builtin.pipeline import BuiltinPipeline, layout_from_scenes, to_tensor
+from daguerre.engine.builtin.pipeline import BuiltinPipeline, layout_from_scenes, relation_labels, to_tensor
 from daguerre.engine.builtin.text import build_tokenizer, text_encoder_config, vocabulary
 from daguerre.sizing import size_table
 from daguerre.wire import ASPECT_RATIOS
@@ -71,6 +71,8 @@ class TrainConfig:
     image_area_weights: tuple[float, ...] = (0.3, 0.35, 0.2, 0.15)
     one_object_until: int = 300
     two_objects_until: int = 900
+    three_objects_until: int = 1500
+    text_only_crops: int = 12  # scenes drawn per text-only step to train the shape reader on
     log_every: int = 10
     checkpoint_every: int = 100
     hidden_size: int = 128
@@ -88,7 +90,9 @@ class TrainConfig:
 def _max_objects(config: TrainConfig, step: int) -> int:
     if step < config.one_object_until:
         return 1
-    return 2 if step < config.two_objects_until else 3
+    if step < config.two_objects_until:
+        return 2
+    return 3 if step < config.three_objects_until else scenes.MAX_OBJECTS
 
 
 def with_unknown_words(text: str, rng: random.Random) -> str:
@@ -118,18 +122,27 @@ def make_batch(config: TrainConfig, step: int) -> dict[str, Any]:
         caption_scenes.append(scene)
     instruction_edits = []
     for _ in range(config.edit_batch):
-        scene = scenes.sample_scene(rng, rng.choice(ASPECT_RATIOS), max_count=max_objects)
+        scene = scenes.sample_scene(rng, rng.choice(ASPECT_RATIOS), max_count=max_objects, groups=False)
         instruction_edits.append(scenes.sample_edit(rng, scene))
     batch = {
         "captions": captions,
         "caption_ratios": caption_ratios,
         "caption_layout": layout_from_scenes(caption_scenes),
+        "caption_relations": relation_labels(caption_scenes),
         "instructions": [noisy(e.instruction) for e in instruction_edits],
         "edit_ratios": [e.source.ratio for e in instruction_edits],
         "edit_targets": edit_targets(instruction_edits),
     }
     if config.text_only:
-        return batch
+        crops, crop_labels = [], []
+        for _ in range(config.text_only_crops):
+            ratio = rng.choice(ASPECT_RATIOS)
+            scene = scenes.sample_scene(rng, ratio, max_count=max_objects, style="auto")
+            picture = scenes.render(scene, *size_table(rng.choice(config.image_areas), 8)[ratio])
+            for crop, label in _shape_crops(picture, scene):
+                crops.append(crop)
+                crop_labels.append(label)
+        return {**batch, **_crop_tensors(crops, crop_labels)}
     # The denoiser's images, all at one size this step; the first ones are edits.
     ratio = rng.choice(ASPECT_RATIOS)
     area = rng.choices(config.image_areas, weights=config.image_area_weights)[0]
@@ -137,7 +150,7 @@ def make_batch(config: TrainConfig, step: int) -> dict[str, Any]:
     n_edits = round(config.image_batch * config.edit_image_fraction)
     targets, pictures, edit_maps, crops, crop_labels = [], [], [], [], []
     for i in range(config.image_batch):
-        scene = scenes.sample_scene(rng, ratio, max_count=max_objects)
+        scene = scenes.sample_scene(rng, ratio, max_count=max_objects, groups=i >= n_edits)
         picture = scenes.render(scene, width, height)
         channels = torch.zeros(EDIT_CHANNELS, height, width)
         if i < n_edits:
@@ -151,16 +164,23 @@ def make_batch(config: TrainConfig, step: int) -> dict[str, Any]:
         targets.append(scene)
         pictures.append(to_tensor(picture)[0])
         edit_maps.append(channels)
-        for crop, label in _shape_crops(picture, scene):
-            crops.append(crop)
-            crop_labels.append(label)
+        if scene.style != "manga":
+            for crop, label in _shape_crops(picture, scene):
+                crops.append(crop)
+                crop_labels.append(label)
     return {
         **batch,
         "images": torch.stack(pictures),
         "image_layout": layout_from_scenes(targets),
         "edit_channels": torch.stack(edit_maps),
+        **_crop_tensors(crops, crop_labels),
+    }
+
+
+def _crop_tensors(crops: list[np.ndarray], labels: list[int]) -> dict[str, torch.Tensor]:
+    return {
         "shape_crops": torch.from_numpy(np.stack(crops))[:, None] if crops else torch.zeros(0, 1, 32, 32),
-        "shape_labels": torch.tensor(crop_labels, dtype=torch.long),
+        "shape_labels": torch.tensor(labels, dtype=torch.long),
     }
 
 
@@ -221,7 +241,8 @@ def _modules(pipe: BuiltinPipeline) -> dict[str, torch.nn.Module]:
 def layout_losses(pipe: BuiltinPipeline, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     text = pipe.layout.predict(pipe.encode(batch["captions"], batch["caption_ratios"]))
     edits = pipe.layout.predict(pipe.encode(batch["instructions"], batch["edit_ratios"], edit=True))
-    losses = {f"t2i_{k}": v for k, v in pipe.layout.loss(text, batch["caption_layout"]).items()}
+    terms = pipe.layout.loss(text, batch["caption_layout"], batch["caption_relations"])
+    losses = {f"t2i_{k}": v for k, v in terms.items()}
     edit_terms = pipe.layout.edit_loss(edits, batch["edit_targets"])
     losses.update({f"edit_{k}": v for k, v in edit_terms.items()})
     if len(batch.get("shape_labels", ())):
@@ -364,24 +385,67 @@ def train(config: TrainConfig, out: Path, resume: bool = True, export: Path | No
     return final
 
 
-def warm_start(modules: dict[str, torch.nn.Module], checkpoint: Path) -> None:
-    """Start from the EMA weights of an earlier run's checkpoint. A denoiser trained before the
-    conditioning gained channels (they are always appended last) is widened with zero weights for
-    them, so it starts out drawing exactly what it drew before and learns to use them."""
-    earlier = torch.load(checkpoint, weights_only=False)["ema"]
+ANALOGUES = {
+    "hexagon": "circle",
+    "pentagon": "circle",
+    "ellipse": "circle",
+    "diamond": "square",
+    "rectangle": "square",
+    "cross": "star",
+    "crescent": "heart",
+    "arrow": "triangle",
+}
+"""A shape the denoiser has not seen starts with the map embedding of the one it looks most like."""
+TEXT_SIDE = ("text_encoder", "layout")
+
+
+def earlier_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The weights to start from: a checkpoint's EMA weights, or a pipeline folder's (the shipped
+    weights are one)."""
+    if (path / "model_index.json").is_file():
+        from safetensors.torch import load_file
+
+        return {
+            name: load_file(next((path / name).glob("*.safetensors")))
+            for name in ("text_encoder", "layout", "unet")
+        }
+    state: dict[str, dict[str, torch.Tensor]] = torch.load(path, weights_only=False)["ema"]
+    return state
+
+
+def warm_start(modules: dict[str, torch.nn.Module], path: Path, earlier_shapes: int | None = None) -> None:
+    """Start from earlier weights (`earlier_weights`). Tensors of the same shape are copied. A
+    denoiser trained before the conditioning gained channels (always appended last) is widened with
+    zero weights for them, so it starts out drawing exactly what it drew before and learns to use
+    them; the shape embedding gains rows for new shapes (copied from `ANALOGUES`). On the text side
+    (encoder, layout heads, shape reader), which retrains in minutes, tensors whose shape changed
+    with the vocabulary or the world start afresh and are listed. Any other mismatch is refused."""
+    earlier = earlier_weights(path)
+    fresh: list[str] = []
     for name, module in modules.items():
         own = module.state_dict()
         for key, value in earlier[name].items():
+            if key not in own:
+                continue
             target = own[key]
             if target.shape == value.shape:
                 target.copy_(value)
             elif key == "conv_in.weight" and target.shape[1] > value.shape[1]:
                 target.zero_()
                 target[:, : value.shape[1]].copy_(value)
+            elif key == "shape_embedding.weight" and target.shape[0] > value.shape[0]:
+                old = value.shape[0]
+                target[:old].copy_(value)
+                for row, kind in enumerate(scenes.SHAPES[old:], start=old):
+                    target[row].copy_(value[scenes.SHAPES.index(ANALOGUES.get(kind, "circle"))])
+            elif name in TEXT_SIDE:
+                fresh.append(f"{name}.{key}")
             else:
                 shapes = f"{tuple(value.shape)}, not {tuple(target.shape)}"
-                raise ValueError(f"{checkpoint}: {name}.{key} has shape {shapes}")
-    print(f"started from the weights of {checkpoint}", flush=True)
+                raise ValueError(f"{path}: {name}.{key} has shape {shapes}")
+    print(f"started from the weights of {path}", flush=True)
+    if fresh:
+        print(f"trained afresh (the world or vocabulary changed): {', '.join(fresh)}", flush=True)
 
 
 def _save_checkpoint(
