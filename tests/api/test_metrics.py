@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from daguerre.api import create_app
 from support.helpers import free_port, subprocess_env, write_models_file
 
+
 @pytest.fixture
 def models_file(tmp_path):
     scripted = {"engine": "python", "entrypoint": "support.engines:ScriptedEngine"}
