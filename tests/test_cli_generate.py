@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from support.helpers import LiveServer, start_server, subprocess_env, write_models_file
+from support.helpers import LiveServer, scripted_models_each, start_server, subprocess_env
 
 STEPS = 20
 
@@ -26,12 +26,11 @@ STEPS = 20
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("generate")
-    scripted = {"engine": "python", "entrypoint": "support.engines:ScriptedEngine"}
-    models = write_models_file(
+    models = scripted_models_each(
         root / "models.toml",
         {
-            "uni-1": {**scripted, "options": {"steps": STEPS, "step_s": 0.05}},
-            "uni-1-max": {**scripted, "options": {"mode": "job_failure", "code": "generation_failed"}},
+            "uni-1": {"steps": STEPS, "step_s": 0.05},
+            "uni-1-max": {"mode": "job_failure", "code": "generation_failed"},
         },
     )
     live = start_server(root / "data", models)

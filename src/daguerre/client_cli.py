@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -49,6 +51,17 @@ generations_app = typer.Typer(
 def _fail(status: int, message: str) -> NoReturn:
     typer.echo(f"daguerre: {' '.join(message.split())}", err=True)
     raise typer.Exit(status)
+
+
+@contextmanager
+def _session(server: str | None, key: str | None, data_dir: Path | None) -> Iterator[Client]:
+    """A client of the server; a request it refuses, or a server it cannot reach, ends the command
+    with one line on stderr and exit status 1."""
+    with _client(server, key, data_dir) as client:
+        try:
+            yield client
+        except ClientError as error:
+            _fail(STATE, str(error))
 
 
 def _client(server: str | None, key: str | None, data_dir: Path | None) -> Client:
@@ -97,24 +110,21 @@ def generate(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Make an image (or edit one) and save it, with live progress; Ctrl-C cancels the job."""
-    with _client(server, key, data_dir) as client:
-        try:
-            body: dict[str, Any] = {"prompt": prompt, "model": model}
-            for name, value in (
-                ("aspect_ratio", aspect_ratio),
-                ("style", style),
-                ("output_format", output_format),
-            ):
-                if value is not None:
-                    body[name] = value
-            if edit is not None:
-                body["type"] = "image_edit"
-                body["source"] = client.image_ref(edit, "input")
-            if ref:
-                body["image_ref"] = [client.image_ref(r, "reference") for r in ref]
-            generation = client.create(body)
-        except ClientError as error:
-            _fail(STATE, str(error))
+    with _session(server, key, data_dir) as client:
+        body: dict[str, Any] = {"prompt": prompt, "model": model}
+        for name, value in (
+            ("aspect_ratio", aspect_ratio),
+            ("style", style),
+            ("output_format", output_format),
+        ):
+            if value is not None:
+                body[name] = value
+        if edit is not None:
+            body["type"] = "image_edit"
+            body["source"] = client.image_ref(edit, "input")
+        if ref:
+            body["image_ref"] = [client.image_ref(r, "reference") for r in ref]
+        generation = client.create(body)
         try:
             generation = _follow(client, generation)
         except KeyboardInterrupt:
@@ -124,8 +134,6 @@ def generate(
             except ClientError as error:
                 typer.echo(f"daguerre: could not cancel {generation['id']}: {error}", err=True)
             raise typer.Exit(INTERRUPTED) from None
-        except ClientError as error:
-            _fail(STATE, str(error))
         if generation["state"] == "failed":
             if json_output:
                 typer.echo(json.dumps(generation, indent=2))
@@ -136,10 +144,7 @@ def generate(
             )
         extension = "jpg" if output_format == "jpeg" else "png"
         path = output or Path(f"{generation['id']}.{extension}")
-        try:
-            client.download(generation["output"][0]["url"], path)
-        except ClientError as error:
-            _fail(STATE, str(error))
+        client.download(generation["output"][0]["url"], path)
     if json_output:
         typer.echo(json.dumps(generation, indent=2))
     else:
@@ -185,11 +190,8 @@ def generations_list(
     data_dir: DataDirOpt = None,
 ) -> None:
     """The account's latest generations (state, model, type, failure)."""
-    with _client(server, key, data_dir) as client:
-        try:
-            page = client.list(limit=limit, state=state, model=model)
-        except ClientError as error:
-            _fail(STATE, str(error))
+    with _session(server, key, data_dir) as client:
+        page = client.list(limit=limit, state=state, model=model)
     if json_output:
         typer.echo(json.dumps(page, indent=2))
         return
@@ -211,11 +213,8 @@ def generations_get(
     data_dir: DataDirOpt = None,
 ) -> None:
     """One generation as JSON."""
-    with _client(server, key, data_dir) as client:
-        try:
-            typer.echo(json.dumps(client.get(generation_id), indent=2))
-        except ClientError as error:
-            _fail(STATE, str(error))
+    with _session(server, key, data_dir) as client:
+        typer.echo(json.dumps(client.get(generation_id), indent=2))
 
 
 @generations_app.command("cancel")
@@ -226,11 +225,8 @@ def generations_cancel(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Cancel a queued or running generation (a finished one is left as it is)."""
-    with _client(server, key, data_dir) as client:
-        try:
-            generation = client.cancel(generation_id)
-        except ClientError as error:
-            _fail(STATE, str(error))
+    with _session(server, key, data_dir) as client:
+        generation = client.cancel(generation_id)
     typer.echo(
         f"{generation['id']} {generation['state']}"
         + (f" ({generation.get('failure_reason')})" if generation["state"] == "failed" else "")

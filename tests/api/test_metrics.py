@@ -16,18 +16,14 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from daguerre.api import create_app
-from support.helpers import free_port, subprocess_env, write_models_file
+from support.helpers import free_port, scripted_models_each, subprocess_env
 
 
 @pytest.fixture
 def models_file(tmp_path):
-    scripted = {"engine": "python", "entrypoint": "support.engines:ScriptedEngine"}
-    return write_models_file(
+    return scripted_models_each(
         tmp_path / "models.toml",
-        {
-            "uni-1": {**scripted, "options": {"steps": 3}},
-            "uni-1-max": {**scripted, "options": {"mode": "job_failure", "code": "content_moderated"}},
-        },
+        {"uni-1": {"steps": 3}, "uni-1-max": {"mode": "job_failure", "code": "content_moderated"}},
     )
 
 

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from daguerre.store.schema import generations, ledger
 from support.cluster import Cluster, ClusterServices, run_cli
 from support.engines import runs_of
-from support.helpers import start_server, wait_for_generation, write_models_file
+from support.helpers import scripted_models, scripted_models_each, start_server, wait_for_generation
 
 SLOW = {"steps": 10, "step_s": 0.2}
 """uni-1: two seconds, ten heartbeats; long enough to be killed mid-generation."""
@@ -44,13 +44,9 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory, cluster_services: ClusterServices, runs_dir: Path
 ) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cluster")
-    scripted = {"engine": "python", "entrypoint": "support.engines:ScriptedEngine"}
-    models = write_models_file(
+    models = scripted_models_each(
         root / "models.toml",
-        {
-            "uni-1": {**scripted, "options": {**SLOW, "runs_dir": str(runs_dir)}},
-            "uni-1-max": {**scripted, "options": {"steps": 1, "runs_dir": str(runs_dir)}},
-        },
+        {"uni-1": {**SLOW, "runs_dir": str(runs_dir)}, "uni-1-max": {"steps": 1, "runs_dir": str(runs_dir)}},
     )
     live = Cluster.start(
         root,
@@ -227,9 +223,7 @@ def test_an_api_process_killed_during_a_burst_of_creates_loses_nothing(cluster, 
 def test_serve_runs_the_api_and_a_temporal_worker_in_one_process(tmp_path, temporal_server):
     """The one-GPU-box topology: `daguerre serve` with execution = temporal and its in-process
     worker, on SQLite and local blobs."""
-    models = write_models_file(
-        tmp_path / "models.toml", {"*": {"engine": "python", "entrypoint": "support.engines:ScriptedEngine"}}
-    )
+    models = scripted_models(tmp_path / "models.toml")
     live = start_server(
         tmp_path / "data",
         models,

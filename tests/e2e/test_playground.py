@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
-from support.helpers import start_server, write_models_file
+from support.helpers import scripted_models_each, start_server
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -23,12 +23,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("playground")
-    scripted = {"engine": "python", "entrypoint": "support.engines:ScriptedEngine"}
-    models = write_models_file(
+    models = scripted_models_each(
         root / "models.toml",
         {
-            "uni-1": {**scripted, "options": {"steps": 40, "step_s": 0.05}},
-            "uni-1-max": {**scripted, "options": {"steps": 400, "step_s": 0.05}},  # slow: to cancel
+            "uni-1": {"steps": 40, "step_s": 0.05},
+            "uni-1-max": {"steps": 400, "step_s": 0.05},  # slow: to cancel
         },
     )
     live = start_server(root / "data", models, workers=2)

@@ -10,7 +10,7 @@ import luma_agents
 import pytest
 
 from support.cluster import run_cli, sdk
-from support.helpers import scripted_models, start_server, write_models_file
+from support.helpers import scripted_models, scripted_models_each, start_server, write_models_file
 
 BODY = {"prompt": "a red circle", "aspect_ratio": "1:1"}
 
@@ -78,16 +78,9 @@ def test_too_many_concurrent_jobs_has_retry_after_60_and_no_rate_headers(limited
 
 
 def test_the_remote_engine_bursts_to_an_upstream_and_maps_its_failures(tmp_path):
-    upstream_models = write_models_file(
+    upstream_models = scripted_models_each(
         tmp_path / "upstream.toml",
-        {
-            "uni-1": {"engine": "python", "entrypoint": "support.engines:ScriptedEngine"},
-            "uni-1-max": {
-                "engine": "python",
-                "entrypoint": "support.engines:ScriptedEngine",
-                "options": {"mode": "job_failure", "code": "unsupported_format"},
-            },
-        },
+        {"uni-1": {}, "uni-1-max": {"mode": "job_failure", "code": "unsupported_format"}},
     )
     upstream = default_limits(
         start_server(tmp_path / "upstream", upstream_models, workers=1, DAGUERRE_DEFAULT_RPM="2")

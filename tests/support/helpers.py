@@ -50,11 +50,18 @@ def _toml(value: object) -> str:
     return repr(value)
 
 
+SCRIPTED = {"engine": "python", "entrypoint": "support.engines:ScriptedEngine"}
+"""A models-file table serving a model with tests/support/engines.py:ScriptedEngine."""
+
+
 def scripted_models(path: Path, **options: object) -> Path:
-    """Both models served by tests/support/engines.py:ScriptedEngine with these options."""
-    return write_models_file(
-        path, {"*": {"engine": "python", "entrypoint": "support.engines:ScriptedEngine", "options": options}}
-    )
+    """Both models served by ScriptedEngine with these options."""
+    return write_models_file(path, {"*": {**SCRIPTED, "options": options}})
+
+
+def scripted_models_each(path: Path, options: dict[str, dict[str, object]]) -> Path:
+    """Each model served by ScriptedEngine with its own options: {"uni-1": {...}, "uni-1-max": {...}}."""
+    return write_models_file(path, {name: {**SCRIPTED, "options": own} for name, own in options.items()})
 
 
 @dataclass(frozen=True)

@@ -69,22 +69,20 @@ def _store_check(request: Request) -> str:
     return "ok"
 
 
-_last_blob_probe: dict[str, tuple[float, str]] = {}
-
-
 def _blob_check(request: Request) -> str:
-    cached = _last_blob_probe.get(PROBE_KEY)
-    if cached is not None and time.monotonic() - cached[0] < BLOB_PROBE_S and cached[1] == "ok":
+    """Write and delete a probe; a success is trusted for BLOB_PROBE_S (kept on the app, whose
+    blob store it speaks for), a failure is probed again at the next request."""
+    last_ok: float | None = getattr(request.app.state, "blob_probe_ok_at", None)
+    if last_ok is not None and time.monotonic() - last_ok < BLOB_PROBE_S:
         return "ok"
     blobs = services(request).blobs
     try:
         blobs.put(PROBE_KEY, b"ok", "text/plain")
         blobs.delete(PROBE_KEY)
-        state = "ok"
     except Exception as error:  # a full disk, a missing bucket, refused credentials...
-        state = f"not writable: {_one_line(error)}"
-    _last_blob_probe[PROBE_KEY] = (time.monotonic(), state)
-    return state
+        return f"not writable: {_one_line(error)}"
+    request.app.state.blob_probe_ok_at = time.monotonic()
+    return "ok"
 
 
 def _one_line(error: Exception) -> str:

@@ -269,9 +269,10 @@ class BuiltinPipeline(DiffusionPipeline):
                 callback_on_step_end(self, i, t, {"latents": latents})
         drawn = to_image(latents)
         size = output_size or (width, height)
-        if image is None or before is None:
+        if before is None:
             painted = paint(scene, drawn, size)
         else:
+            assert image is not None
             painted = paint_edit(before, scene, drawn, image, size, background_rgb)
         return BuiltinOutput(images=[painted], layouts=[scene], drawn=[drawn], readings=[reading])
 

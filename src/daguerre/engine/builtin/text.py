@@ -9,6 +9,7 @@ and loaded with the pipeline.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -23,17 +24,13 @@ from daguerre.engine.builtin.model import MAX_TEXT_TOKENS, SLOTS, SPECIAL_TOKENS
 def vocabulary(samples: int = 20000, seed: int = 0) -> list[str]:
     """Every word the generator writes, found by drawing many captions and instructions."""
     rng = random.Random(seed)
-    words: set[str] = set()
-    splitter = pre_tokenizers.Whitespace()
+    words = _words(world_phrases())
     for i in range(samples):
         scene = scenes.sample_scene(rng, rng.choice(tuple(scenes.training_ratios())))
         texts = [scenes.describe(scene, rng)]
         if i % 2 == 0:
             texts.append(scenes.sample_edit(rng, scene).instruction)
-        for text in texts:
-            words.update(word for word, _ in splitter.pre_tokenize_str(text.lower()))
-    for phrase in world_phrases():
-        words.update(word for word, _ in splitter.pre_tokenize_str(phrase.lower()))
+        words |= _words(texts)
     return SPECIAL_TOKENS + sorted(words - set(SPECIAL_TOKENS))
 
 
@@ -49,12 +46,10 @@ def world_phrases() -> list[str]:
     return phrases
 
 
-def _words(phrases: object) -> set[str]:
+def _words(texts: Iterable[str]) -> set[str]:
+    """The words of these texts as the tokenizer splits them (lower-cased)."""
     splitter = pre_tokenizers.Whitespace()
-    out: set[str] = set()
-    for phrase in phrases:  # type: ignore[attr-defined]
-        out.update(word for word, _ in splitter.pre_tokenize_str(str(phrase).lower()))
-    return out
+    return {word for text in texts for word, _ in splitter.pre_tokenize_str(text.lower())}
 
 
 SHAPE_VOCABULARY = _words(p for pairs in scenes.SHAPE_WORDS.values() for pair in pairs for p in pair) - {
