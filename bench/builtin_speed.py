@@ -71,7 +71,7 @@ def main() -> None:
                 seed=i,
             )
             started = time.perf_counter()
-            image = engine.generate(job, lambda step, total: None)
+            image = engine.generate(job, lambda step, total, preview=None: None)
             encode_image(image, "png")
             if i >= 2:
                 times.append(time.perf_counter() - started)

@@ -58,7 +58,7 @@ engine = ModelRegistry(load_models_file()).engine(model)
 def one(i):
     job = EngineJob(id=f"bare-{i}", model=model, type=GenerationType.IMAGE, prompt=prompts[i % len(prompts)],
                     aspect_ratio="1:1", seed=i)
-    encode_image(engine.generate(job, lambda step, total: None), "png")
+    encode_image(engine.generate(job, lambda step, total, preview=None: None), "png")
 for i in range(3):
     one(i)
 cpu0, t0 = time.process_time(), time.perf_counter()

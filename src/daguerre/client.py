@@ -35,7 +35,8 @@ class ClientError(Exception):
 
 
 Event = tuple[str, dict[str, Any]]
-"""("generation", Generation) | ("queue", {"position": n}) | ("progress", {"step": i, "total": n})."""
+"""("generation", Generation) | ("queue", {"position": n}) | ("progress", {"step": i, "total": n}) |
+("preview", {"step", "total", "media_type", "data"})."""
 
 
 class Client:

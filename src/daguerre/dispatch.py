@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from daguerre.settings import Settings
+from daguerre.wire import Progress
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -51,9 +52,9 @@ class Dispatcher(Protocol):
         """Stop the run of a generation whose row was just cancelled. Never raises."""
         ...
 
-    async def progress(self, generation_id: str) -> tuple[int, int] | None:
-        """The engine's (step, total) where the executor knows it (None: read the row's). Never
-        raises."""
+    async def progress(self, generation_id: str) -> Progress | None:
+        """The engine's progress (with its latest preview) where the executor knows it (None: read
+        the row's). Never raises."""
         ...
 
     async def close(self) -> None: ...
@@ -93,7 +94,7 @@ class TableQueue:
     async def cancel(self, generation_id: str) -> None:
         pass  # the worker running it sees its lease gone at the next engine step
 
-    async def progress(self, generation_id: str) -> tuple[int, int] | None:
+    async def progress(self, generation_id: str) -> Progress | None:
         return None  # embedded workers write it on the row
 
     async def close(self) -> None:
@@ -161,9 +162,10 @@ class TemporalDispatcher:
         except (RPCError, TimeoutError, RuntimeError) as exc:  # not found, already closed, unreachable
             log.info("cancelling the workflow of %s: %s", generation_id, exc or type(exc).__name__)
 
-    async def progress(self, generation_id: str) -> tuple[int, int] | None:
-        """The last heartbeat of the running `generate` (worker.temporal beats (step, total)),
-        from the workflow's description: engine-only workers have no database to write it to."""
+    async def progress(self, generation_id: str) -> Progress | None:
+        """The last heartbeat of the running `generate` (worker.temporal beats (step, total) and
+        then (preview step, preview JPEG)), from the workflow's description: engine-only workers
+        have no database to write it to."""
         from temporalio.service import RPCError
 
         try:
@@ -173,8 +175,11 @@ class TemporalDispatcher:
             )
             for pending in described.raw_description.pending_activities:
                 if pending.activity_type.name == "generate" and pending.heartbeat_details.payloads:
-                    step, total = await client.data_converter.decode(pending.heartbeat_details.payloads)
-                    return int(step), int(total)
+                    details = await client.data_converter.decode(pending.heartbeat_details.payloads)
+                    step, total, *preview = details
+                    if len(preview) == 2 and isinstance(preview[1], bytes):
+                        return Progress(int(step), int(total), int(preview[0]), preview[1])
+                    return Progress(int(step), int(total))
         except (RPCError, TimeoutError, RuntimeError, ValueError, TypeError) as exc:
             log.debug("the progress of %s: %s", generation_id, exc or type(exc).__name__)
         return None

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     twice as long (capped at an hour), with jitter."""
     webhook_give_up_s: float = Field(default=86_400.0, gt=0)
     """A webhook not delivered this long after its generation ended is given up (failed)."""
+    preview_every_s: float = Field(default=1.0, ge=0)
+    """A running job's events stream shows a preview of the picture about this often (the first
+    one this long after the engine starts, so quicker jobs show none); 0: no previews. Under
+    execution = "temporal" previews travel in heartbeats, at most every 0.8 x the heartbeat timeout."""
     metrics_token: str | None = None
     """When set, `/metrics` answers only requests with `Authorization: Bearer <metrics_token>`."""
     moderation: bool = True

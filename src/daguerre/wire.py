@@ -9,6 +9,7 @@ strings, and `daguerre.api` turns stored records into `Generation` objects.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
@@ -253,6 +254,19 @@ class Reason:
 # ---------------------------------------------------------------------------------------------
 # Request models. `daguerre.validation` builds them after checking every rule with the documented
 # detail strings; they are also what is stored as the request JSON of a generation row.
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A running generation's engine progress, as its events stream tells it (an extension)."""
+
+    step: int
+    total: int
+    preview_step: int | None = None
+    """The step the latest preview shows; None: no preview yet."""
+    preview: bytes | None = None
+    """That preview (JPEG) where it came along with the progress (a Temporal heartbeat); None when
+    it is to be read on its own (store.generations.preview) once `preview_step` changes."""
 
 
 class ImageRef(BaseModel):

@@ -4,15 +4,19 @@ state, and the ended generation last, after which the stream ends."""
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 import time
 
 import httpx
 import pytest
+from PIL import Image
 
 from daguerre.api import create_app
 from daguerre.wire import Reason
 from support import helpers
+from support.engines import preview_at
 from support.helpers import make_key, scripted_models, uvicorn_thread
 from support.sse import follow
 
@@ -29,10 +33,12 @@ def url(settings, store, blobs):
 
 @pytest.fixture
 def running_worker(settings, store, blobs, tmp_path):
-    """A worker thread with an engine of STEPS steps of 50 ms."""
+    """A worker thread with an engine of STEPS steps of 50 ms, showing a preview every 0.2 s."""
     models = scripted_models(tmp_path / "m.toml", steps=STEPS, step_s=0.05)
     with helpers.running_worker(
-        settings.model_copy(update={"models_file": models, "idle_poll_s": 0.05}), store, blobs
+        settings.model_copy(update={"models_file": models, "idle_poll_s": 0.05, "preview_every_s": 0.2}),
+        store,
+        blobs,
     ) as worker:
         yield worker
 
@@ -60,6 +66,27 @@ def test_a_running_generation_is_followed_to_its_end(url, auth, running_worker):
     assert [int(event.id) for event in events] == list(range(1, len(events) + 1))
     states = [event.data["state"] for event in events if event.name == "generation"]
     assert states == sorted(set(states), key=states.index)  # each change once, in order
+
+
+def test_previews_of_the_picture_come_while_it_runs_and_go_when_it_ends(url, auth, running_worker, store):
+    generation_id = create(url, auth)
+    events = follow(url, generation_id, auth)
+    previews = [event for event in events if event.name == "preview"]
+    # 20 steps of 50 ms, a preview every 0.2 s from 0.2 s on: about four (the reader's 0.1 s reads
+    # may miss one that is replaced before it looks)
+    assert 2 <= len(previews) <= 5, [event.name for event in events]
+    steps = [event.data["step"] for event in previews]
+    assert steps == sorted(set(steps)) and steps[0] >= 3
+    for event in previews:
+        assert event.data["total"] == STEPS and event.data["media_type"] == "image/jpeg"
+        picture = Image.open(io.BytesIO(base64.b64decode(event.data["data"])))
+        assert picture.format == "JPEG" and picture.size == (32, 16)
+        expected = preview_at("a cat", event.data["step"], STEPS).getpixel((0, 0))
+        assert max(abs(a - b) for a, b in zip(picture.getpixel((8, 8)), expected, strict=True)) <= 3
+        progress_before = [e for e in events if e.name == "progress" and int(e.id) < int(event.id)]
+        assert progress_before and progress_before[-1].data["step"] >= event.data["step"]
+    assert events[-1].data["state"] == "completed"
+    assert store.generations.preview(generation_id) is None  # not kept once it has ended
 
 
 def test_a_late_client_gets_the_ended_generation_and_the_end(url, auth, running_worker):

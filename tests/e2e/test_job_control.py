@@ -171,13 +171,17 @@ def test_the_sdk_s_own_requests_trigger_no_extension(idle):
         assert set(answer.json()) == generation_fields
 
 
-def test_progress_is_followed_live_until_the_end(server: LiveServer | Cluster):
+def test_progress_and_previews_are_followed_live_until_the_end(server: LiveServer | Cluster):
     """On the cluster the engine runs on an engine-only worker, without a database: its progress
-    reaches the stream through Temporal (the heartbeats of the generate activity)."""
+    and previews reach the stream through Temporal (the heartbeats of the generate activity)."""
+    import base64
+    import io
     import threading
 
     import httpx
+    from PIL import Image
 
+    from support.engines import preview_at
     from support.sse import read_events
 
     luma = sdk(server)
@@ -194,14 +198,24 @@ def test_progress_is_followed_live_until_the_end(server: LiveServer | Cluster):
 
     reader = threading.Thread(target=collect)
     reader.start()
-    deadline = time.monotonic() + 20
-    while sum(event.name == "progress" for event in list(events)) < 2 and time.monotonic() < deadline:
+
+    def seen(name: str) -> int:
+        return sum(event.name == name for event in list(events))
+
+    deadline = time.monotonic() + 20  # a preview a second (the default), each step 0.1 s
+    while (seen("progress") < 2 or seen("preview") < 1) and time.monotonic() < deadline:
         time.sleep(0.1)
     cancel(luma, created.id)
     reader.join(20)
     assert not reader.is_alive()
     progress = [event.data for event in events if event.name == "progress"]
     assert len(progress) >= 2 and all(item["total"] == STEPS for item in progress), [e.name for e in events]
+    previews = [event.data for event in events if event.name == "preview"]
+    assert previews, [e.name for e in events]
+    for preview in previews:
+        picture = Image.open(io.BytesIO(base64.b64decode(preview["data"])))
+        expected = preview_at("followed", preview["step"], STEPS).getpixel((0, 0))
+        assert max(abs(a - b) for a, b in zip(picture.getpixel((8, 8)), expected, strict=True)) <= 3
     assert events[0].name == "generation" and events[-1].name == "generation"
     assert (events[-1].data["state"], events[-1].data["failure_reason"]) == ("failed", Reason.CANCELLED)
 

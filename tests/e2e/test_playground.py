@@ -1,5 +1,5 @@
 """The web playground in real headless Chromium (Debian's `chromium`, driven by Playwright): enter a
-key, generate and watch the progress change, see the image, edit it (a chained edit), upload an
+key, generate and watch the progress change and a preview, see the image, edit it (a chained edit), upload an
 image to edit with a reference, see the gallery, cancel a running job; no request leaves loopback.
 A screenshot is saved as a test artifact (test-artifacts/playground.png)."""
 
@@ -30,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
             "uni-1-max": {"steps": 400, "step_s": 0.05},  # slow: to cancel
         },
     )
-    live = start_server(root / "data", models, workers=2)
+    live = start_server(root / "data", models, workers=2, DAGUERRE_PREVIEW_EVERY_S="0.3")
     yield live
     assert live.stop() in (0, -signal.SIGTERM), live.log()
 
@@ -86,9 +86,16 @@ def test_generate_watch_progress_see_the_image_and_edit_it(page: Page, server, t
             break
         page.wait_for_timeout(50)
     assert len(seen) >= 3, seen
+    # a preview of the picture so far, from the events stream, decoded by the browser
+    page.wait_for_function(
+        "() => { const i = document.getElementById('preview');"
+        " return !i.hidden && i.complete && i.naturalWidth > 0 }"
+    )
+    assert "preview of the picture at step" in (page.get_attribute("#preview", "alt") or "")
     wait_for_state(page, "completed")
     width, height = result_size(page)
     assert width > height > 0  # 16:9
+    expect(page.locator("#preview")).to_be_hidden()  # the result took its place
     first = page.text_content("#job-id")
     assert page.get_attribute("#download", "href")
 

@@ -29,6 +29,7 @@ from daguerre.engine.builtin.evaluate import (
 from daguerre.errors import JobFailure
 from daguerre.sizing import fit_size, size_table
 from daguerre.wire import ASPECT_RATIOS, FailureCode, GenerationType
+from support.helpers import ignore_steps
 
 # A little under what bench/RESULTS.md records for the shipped weights (uni-1), so a worse model fails.
 FLOOR = {"background": 0.9, "colour": 0.85, "shape": 0.8, "position": 0.8, "fill": 0.85, "edit": 0.75}
@@ -64,21 +65,39 @@ def test_every_ratio_is_drawn_at_its_documented_output_size(registry):
     steps = []
     engine = registry.engine("uni-1")
     for ratio in ASPECT_RATIOS:
-        image = engine.generate(
-            job("uni-1", "a red star on a white background", ratio), lambda s, t: steps.append(s)
-        )
+        image = engine.generate(job("uni-1", "a red star on a white background", ratio), record_steps(steps))
         assert image.size == size_table(512 * 512, 16)[ratio]
         assert image.mode == "RGB"
-    assert steps[:8] == list(range(1, 9))  # progress reaches the worker after each of the 8 steps
-    large = registry.engine("uni-1-max").generate(job("uni-1-max", "a blue heart", "16:9"), lambda s, t: None)
+    # progress reaches the worker after each of the 8 steps
+    assert [step for step, _ in steps[:8]] == list(range(1, 9))
+    large = registry.engine("uni-1-max").generate(job("uni-1-max", "a blue heart", "16:9"), ignore_steps)
     assert large.size == (1360, 768)
+
+
+def record_steps(steps):
+    def on_step(step, total, preview=None):
+        steps.append((step, preview))
+
+    return on_step
+
+
+def test_each_step_offers_a_preview_of_the_denoisers_guess_that_nears_the_picture(registry):
+    steps, engine = [], registry.engine("uni-1")
+    circle = job("uni-1", "a large red circle on a blue background", "2:1")
+    image = engine.generate(circle, record_steps(steps))
+    previews = [preview() for _, preview in steps]
+    drawn, _ = engine.sizes(circle)
+    assert drawn[0] == 2 * drawn[1] and all(preview.size == drawn for preview in previews)
+    shown = np.asarray(image.resize(drawn), dtype=float)
+    errors = [np.abs(np.asarray(preview, dtype=float) - shown).mean() for preview in previews]
+    assert errors[-1] < 8 and errors[-1] < errors[0]  # the last guess is the picture, the first rougher
 
 
 def test_an_edit_keeps_the_source_shape_and_changes_what_it_says(registry):
     scene = scenes.Scene("white", (scenes.Shape("circle", "red", 0.3, 0.5, 0.2),), "2:1")
     source = scenes.render(scene, 600, 300)
     image = registry.engine("uni-1").generate(
-        job("uni-1", "change the background to black", source=source), lambda s, t: None
+        job("uni-1", "change the background to black", source=source), ignore_steps
     )
     assert image.size == fit_size(600, 300, 512 * 512, 16, min_pixels=512 * 512 // 4)
     read = analyse(image)
@@ -88,9 +107,9 @@ def test_an_edit_keeps_the_source_shape_and_changes_what_it_says(registry):
 
 def test_same_seed_same_image(registry):
     engine = registry.engine("uni-1")
-    a = engine.generate(job("uni-1", "a green square", seed=5), lambda s, t: None)
-    b = engine.generate(job("uni-1", "a green square", seed=5), lambda s, t: None)
-    c = engine.generate(job("uni-1", "a green square", seed=6), lambda s, t: None)
+    a = engine.generate(job("uni-1", "a green square", seed=5), ignore_steps)
+    b = engine.generate(job("uni-1", "a green square", seed=5), ignore_steps)
+    c = engine.generate(job("uni-1", "a green square", seed=6), ignore_steps)
     assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes()
 
 
@@ -103,7 +122,7 @@ def test_held_out_prompts_and_edits_pass_the_quality_floor(registry, shape_class
     for i in range(36):
         ratio = ASPECT_RATIOS[i % len(ASPECT_RATIOS)]
         scene = scenes.sample_scene(rng, ratio, style="auto")
-        image = engine.generate(job("uni-1", heldout_prompt(scene, rng), ratio, seed=i), lambda s, t: None)
+        image = engine.generate(job("uni-1", heldout_prompt(scene, rng), ratio, seed=i), ignore_steps)
         for key, ok in score_prompt(scene, analyse(scored(image), shape_classifier)).items():
             if ok is not None:
                 totals.setdefault(key, []).append(ok)
@@ -112,7 +131,7 @@ def test_held_out_prompts_and_edits_pass_the_quality_floor(registry, shape_class
         edit = sample_edit_of_kind(rng, ratio, scenes.EDIT_KINDS[i % len(scenes.EDIT_KINDS)])
         source = scenes.render(edit.source, *size_table(512 * 512, 16)[ratio])
         image = engine.generate(
-            job("uni-1", heldout_instruction(edit, rng), source=source, seed=i), lambda s, t: None
+            job("uni-1", heldout_instruction(edit, rng), source=source, seed=i), ignore_steps
         )
         before = analyse(scored(source), shape_classifier)
         result = score_edit(edit, analyse(scored(image), shape_classifier), before)
@@ -126,7 +145,7 @@ def test_the_readmes_prompt_draws_a_red_circle_above_a_blue_square_at_every_rati
     engine = registry.engine("uni-1")
     passed = []
     for i, ratio in enumerate(ASPECT_RATIOS):
-        image = engine.generate(job("uni-1", README_PROMPT, ratio, seed=100 + i), lambda s, t: None)
+        image = engine.generate(job("uni-1", README_PROMPT, ratio, seed=100 + i), ignore_steps)
         expected = replace(README_SCENE, ratio=ratio)
         passed.append(score_prompt(expected, analyse(scored(image), shape_classifier))["all"])
     assert sum(passed) >= 8, passed
@@ -138,7 +157,7 @@ def test_pictures_are_crisp_at_the_delivered_size(registry, model):
     picture (what the first version delivered) has both."""
     engine = registry.engine(model)
     image = engine.generate(
-        job(model, "a large green star and a small outlined red hexagon", "1:1"), lambda s, t: None
+        job(model, "a large green star and a small outlined red hexagon", "1:1"), ignore_steps
     )
     grain, edge = crispness(image)
     assert grain < 2.0 and edge < 2.0, (grain, edge)
@@ -152,41 +171,41 @@ def test_pictures_are_crisp_at_the_delivered_size(registry, model):
 def test_counts_outlines_and_manga(registry, shape_classifier):
     engine = registry.engine("uni-1")
     stars = analyse(
-        scored(engine.generate(job("uni-1", "three small yellow stars", seed=3), lambda s, t: None)),
+        scored(engine.generate(job("uni-1", "three small yellow stars", seed=3), ignore_steps)),
         shape_classifier,
     )
     assert [(r.colour, r.shape) for r in stars.regions] == [("yellow", "star")] * 3
     assert stars.background == "white"
     hollow = analyse(
-        scored(engine.generate(job("uni-1", "an outlined blue hexagon", seed=4), lambda s, t: None)),
+        scored(engine.generate(job("uni-1", "an outlined blue hexagon", seed=4), ignore_steps)),
         shape_classifier,
     )
     assert [(r.colour, r.shape, r.filled) for r in hollow.regions] == [("blue", "hexagon", False)]
     prompt = "a red heart next to a blue circle on a yellow background"
-    manga = engine.generate(replace(job("uni-1", prompt, seed=5), style="manga"), lambda s, t: None)
+    manga = engine.generate(replace(job("uni-1", prompt, seed=5), style="manga"), ignore_steps)
     assert is_manga(manga)  # ink and screentone on paper, whatever the prompt's colours
-    colour = engine.generate(job("uni-1", prompt, seed=5), lambda s, t: None)
+    colour = engine.generate(job("uni-1", prompt, seed=5), ignore_steps)
     assert not is_manga(colour)
 
 
 def test_a_prompt_outside_the_world_fails_and_says_what_the_model_draws(registry):
     engine = registry.engine("uni-1")
     with pytest.raises(JobFailure) as failure:
-        engine.generate(job("uni-1", "a photo of a cat on a sofa"), lambda s, t: None)
+        engine.generate(job("uni-1", "a photo of a cat on a sofa"), ignore_steps)
     assert failure.value.code == FailureCode.GENERATION_FAILED
     assert "hexagon" in failure.value.reason and "docs/models.md" in failure.value.reason
     # filler words around a prompt the model can draw are ignored, not refused
-    engine.generate(job("uni-1", "a photo of a red circle, high quality, 4k"), lambda s, t: None)
+    engine.generate(job("uni-1", "a photo of a red circle, high quality, 4k"), ignore_steps)
 
 
 def test_ignored_words_and_an_overlong_prompt_are_logged(registry, caplog):
     engine = registry.engine("uni-1")
     caplog.set_level(logging.INFO, logger="daguerre.engine.builtin")
-    engine.generate(job("uni-1", "a majestic red circle, cinematic"), lambda s, t: None)
+    engine.generate(job("uni-1", "a majestic red circle, cinematic"), ignore_steps)
     assert "ignored 2 word(s) it does not know: majestic cinematic" in caplog.text
     caplog.clear()
     long = "a red circle on a blue background " + "with a green square " * 30
-    engine.generate(job("uni-1", long), lambda s, t: None)
+    engine.generate(job("uni-1", long), ignore_steps)
     assert "longer than the built-in model reads; it ignored the last" in caplog.text
 
 
@@ -197,7 +216,7 @@ def test_a_photo_is_not_edited_into_shapes(registry):
     photo = np.stack([xs, ys, (xs + ys) // 2], axis=-1) + rng.normal(0, 12, (256, 256, 3))
     source = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8))
     with pytest.raises(JobFailure) as failure:
-        engine.generate(job("uni-1", "make the background blue", source=source), lambda s, t: None)
+        engine.generate(job("uni-1", "make the background blue", source=source), ignore_steps)
     assert failure.value.code == FailureCode.GENERATION_FAILED
     assert "not such a picture" in failure.value.reason
 

@@ -33,7 +33,7 @@ def job(**fields):
     return EngineJob(**{**values, **fields})
 
 
-def noop(step, total):
+def noop(step, total, preview=None):
     pass
 
 
@@ -56,14 +56,14 @@ def test_same_seed_same_image_other_seed_other_image(engine):
 
 def test_the_step_hook_sees_every_step(engine):
     steps = []
-    engine.generate(job(), lambda step, total: steps.append((step, total)))
+    engine.generate(job(), lambda step, total, preview=None: steps.append((step, total)))
     assert steps == [(1, 2), (2, 2)]
 
 
 def test_cancelled_from_the_step_hook_stops_the_run(engine):
     calls = []
 
-    def cancel(step, total):
+    def cancel(step, total, preview=None):
         calls.append(step)
         raise Cancelled("stop")
 

@@ -25,7 +25,7 @@ def job(**fields):
     return EngineJob(**{**values, **fields})
 
 
-def noop(step, total):
+def noop(step, total, preview=None):
     pass
 
 
@@ -84,5 +84,5 @@ def test_steps_are_reported_for_edits(tmp_path, klein_folder):
         load_models_file(klein_models(tmp_path / "m.toml", klein_folder, edit_steps=3))
     ).engine("uni-1")
     steps = []
-    engine.generate(job(source=Image.new("RGB", (64, 64), "red")), lambda s, t: steps.append((s, t)))
+    engine.generate(job(source=Image.new("RGB", (64, 64), "red")), lambda s, t, **_: steps.append((s, t)))
     assert steps == [(1, 3), (2, 3), (3, 3)]

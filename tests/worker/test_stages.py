@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 
 import pytest
+from PIL import Image
 
 from daguerre.engine import ModelRegistry, load_models_file
 from daguerre.errors import JobFailure
@@ -21,7 +23,8 @@ from daguerre.worker.stages import (
     generate,
     prepare,
 )
-from support.engines import prompt_colour
+from support.engines import preview_at, prompt_colour
+from support.helpers import ignore_steps, scripted_models
 from support.imageserver import png_bytes
 
 
@@ -69,7 +72,7 @@ def test_the_request_crosses_as_plain_data_and_the_engine_host_needs_no_database
     request = prepared.request
     assert request == EngineRequest(**dataclasses.asdict(request))  # nothing but plain fields
     assert request.type == GenerationType.IMAGE_EDIT and len(request.input_keys) == 1
-    generated = generate(engine_host, Prepared(request), lambda step, total: None)  # inputs reloaded
+    generated = generate(engine_host, Prepared(request), ignore_steps)  # inputs reloaded
     assert generated.output_key == f"outputs/{generation_id}/{record.lease_token}/0.png"
     assert blobs.exists(generated.output_key)
     assert finalize(coordinator, request, Generated(generated.output_key)) is True
@@ -83,7 +86,7 @@ def test_a_superseded_attempt_changes_nothing_and_leaves_no_output(client, auth,
     prepared = prepare(coordinator, first, first.lease_token)
     store.generations.hand_back(generation_id, first.lease_token, count_attempt=True)  # its lease went
     second = claim(store)
-    stale = generate(engine_host, prepared, lambda step, total: None)
+    stale = generate(engine_host, prepared, ignore_steps)
     assert finalize(coordinator, prepared.request, stale) is False
     assert not blobs.exists(stale.output_key)
     row = store.generations.get(generation_id)
@@ -96,7 +99,7 @@ def test_finalize_checks_an_output_it_did_not_see_being_made(client, auth, store
     generation_id = create(client, auth, prompt=prompt)
     record = claim(store)
     prepared = prepare(coordinator, record, record.lease_token)
-    generated = generate(engine_host, prepared, lambda step, total: None)
+    generated = generate(engine_host, prepared, ignore_steps)
     checking = dataclasses.replace(
         coordinator, moderator=Moderator(None, FlagColour(prompt_colour(prompt)), ("output",))
     )
@@ -115,7 +118,7 @@ def test_an_input_gone_before_the_engine_ran_is_invalid_request(client, auth, st
     prepared = prepare(coordinator, record, record.lease_token)
     blobs.delete(prepared.request.input_keys[0])
     with pytest.raises(JobFailure) as failure:
-        generate(engine_host, Prepared(prepared.request), lambda step, total: None)
+        generate(engine_host, Prepared(prepared.request), ignore_steps)
     assert failure.value.code == FailureCode.INVALID_REQUEST
 
 
@@ -128,9 +131,88 @@ def test_the_step_hook_can_stop_the_engine_before_any_output(client, auth, store
     class Stop(Exception):
         pass
 
-    def stop(step, total):
+    def stop(step, total, preview=None):
         raise Stop
 
     with pytest.raises(Stop):
         generate(engine_host, prepared, stop)
     assert list(blobs.list_blobs("outputs/")) == []
+
+
+@pytest.fixture
+def slow_engine_host(settings, blobs, tmp_path):
+    """An engine host whose model takes 8 steps of 40 ms, showing a preview every 0.1 s."""
+    return engine_host_with(
+        settings.model_copy(
+            update={
+                "models_file": scripted_models(tmp_path / "slow.toml", steps=8, step_s=0.04),
+                "preview_every_s": 0.1,
+            }
+        ),
+        blobs,
+    )
+
+
+def engine_host_with(settings, blobs, moderator=None):
+    registry = ModelRegistry(load_models_file(settings.models_file))
+    return StageContext(settings, blobs, moderator or Moderator(None, None, ()), registry=registry)
+
+
+def previews_shown(host, prepared):
+    """The steps after which `generate` handed on a preview."""
+    shown = []
+    generate(host, prepared, lambda step, total, preview: shown.append(step) if preview else None)
+    return shown
+
+
+def test_previews_come_every_preview_every_s_as_small_jpegs_of_the_picture_so_far(
+    client, auth, store, contexts, slow_engine_host
+):
+    coordinator, _ = contexts
+    prompt = "a slow red circle"
+    create(client, auth, prompt=prompt)
+    record = claim(store)
+    prepared = prepare(coordinator, record, record.lease_token)
+    calls = []
+    generate(slow_engine_host, prepared, lambda step, total, preview: calls.append((step, total, preview)))
+    assert [(step, total) for step, total, _ in calls] == [(step, 8) for step in range(1, 9)]
+    shown = [(step, preview) for step, _, preview in calls if preview is not None]
+    # none in the first 0.1 s, then about one every 0.1 s (steps of 40 ms): 2 or 3 in 8 steps
+    assert 2 <= len(shown) <= 3 and shown[0][0] >= 3
+    for step, preview in shown:
+        picture = Image.open(io.BytesIO(preview))
+        assert picture.format == "JPEG" and picture.size == (32, 16)
+        expected = preview_at(prompt, step, 8).getpixel((0, 0))
+        assert max(abs(a - b) for a, b in zip(picture.getpixel((8, 8)), expected, strict=True)) <= 3
+
+
+class FlagAll:
+    def __init__(self):
+        self.checked = 0
+
+    def check(self, image):
+        self.checked += 1
+        return Verdict("sexual", 0.9, "detector:TEST")
+
+    def warm(self):
+        pass
+
+
+def test_no_previews_when_they_are_off(client, auth, store, blobs, contexts, slow_engine_host):
+    coordinator, _ = contexts
+    create(client, auth)
+    record = claim(store)
+    off = engine_host_with(slow_engine_host.settings.model_copy(update={"preview_every_s": 0}), blobs)
+    assert previews_shown(off, prepare(coordinator, record, record.lease_token)) == []
+
+
+def test_previews_are_moderated_like_outputs_and_stop_after_one_is_flagged(
+    client, auth, store, blobs, contexts, slow_engine_host
+):
+    coordinator, _ = contexts
+    create(client, auth)
+    record = claim(store)
+    checker = FlagAll()
+    checked = engine_host_with(slow_engine_host.settings, blobs, Moderator(None, checker, ("output",)))
+    assert previews_shown(checked, prepare(coordinator, record, record.lease_token)) == []
+    assert checker.checked == 1  # the first preview was flagged: no more were drawn

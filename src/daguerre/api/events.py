@@ -5,19 +5,25 @@ extension; sse-starlette).
                         change of state; the last one is the ended Generation, then the stream ends
     event: queue        {"position": n} while it waits for a worker (1: next)
     event: progress     {"step": n, "total": m} while an engine runs it, at most PROGRESS_EVERY_S
+    event: preview      {"step": n, "total": m, "media_type": "image/jpeg", "data": base64} the
+                        picture so far, small and rough, about every `preview_every_s` of a job
+                        that runs longer than that (worker.previews); a client that connects
+                        mid-run gets the latest one at once
 
 Every event has an `id`; a client that reconnects (with `Last-Event-ID`, as browsers' EventSource
 does) gets the generation as it is at once, like any new stream. Auth and tenancy as the GET.
 
 The stream reads the generation's row every READ_EVERY_S while it runs (one indexed read by id; an
-embedded worker records its progress on the row at most every quarter second), and in Temporal mode
-the running engine's last heartbeat from the workflow's description (engine-only workers have no
-database). Comments keep idle connections open every PING_S.
+embedded worker records its progress on the row at most every quarter second, and each preview),
+and in Temporal mode the running engine's last heartbeat from the workflow's description
+(engine-only workers have no database). A preview's picture is read only when its step changes.
+Comments keep idle connections open every PING_S.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,12 +52,13 @@ _ENDED = (State.COMPLETED, State.FAILED)
 
 
 # One event of the stream (the shape schemathesis and OpenAPI 3.2's `itemSchema` describe): `data`
-# is JSON, a Generation for `generation`, {"position"} for `queue`, {"step", "total"} for `progress`.
+# is JSON, a Generation for `generation`, {"position"} for `queue`, {"step", "total"} for `progress`,
+# {"step", "total", "media_type", "data"} for `preview` (`data` base64, as in an ImageRef).
 _EVENT_SCHEMA = {
     "type": "object",
     "required": ["event", "data", "id"],
     "properties": {
-        "event": {"type": "string", "enum": ["generation", "queue", "progress"]},
+        "event": {"type": "string", "enum": ["generation", "queue", "progress", "preview"]},
         "data": {"type": "string", "contentMediaType": "application/json"},
         "id": {"type": "string"},
     },
@@ -63,7 +70,9 @@ _EVENT_SCHEMA = {
     responses={
         200: {
             "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
-            "description": "Server-Sent Events: generation, queue, progress; ends after the generation ends",
+            "description": (
+                "Server-Sent Events: generation, queue, progress, preview; ends after the generation ends"
+            ),
         },
         **errors(*AUTH_ERRORS, 404, descriptions={404: Detail.GENERATION_NOT_FOUND}),
     },
@@ -71,8 +80,8 @@ _EVENT_SCHEMA = {
     summary="Follow a generation live (daguerre extension)",
 )
 async def generation_events(generation_id: str, request: Request, caller: CallerDep) -> EventSourceResponse:
-    """The generation now, then its queue position, engine progress and changes of state as they
-    happen; the stream ends once it has completed or failed."""
+    """The generation now, then its queue position, engine progress, previews of the picture and
+    changes of state as they happen; the stream ends once it has completed or failed."""
     svc = services(request)
     canonical = parse_uuid(generation_id)
     summary = (
@@ -100,7 +109,9 @@ async def _events(
 
     yield shown(summary)
     state = summary.state
-    last_position = last_progress = None
+    last_position: int | None = None
+    last_progress: tuple[int, int] | None = None
+    last_preview: int | None = None
     loop = asyncio.get_running_loop()
     next_queue_check = next_progress = 0.0
     generations = svc.store.generations
@@ -127,6 +138,21 @@ async def _events(
             progress = await svc.dispatcher.progress(current.id) or await asyncio.to_thread(
                 generations.progress, current.id
             )
-            if progress is not None and progress != last_progress:
-                last_progress = progress
-                yield event("progress", {"step": progress[0], "total": progress[1]})
+            if progress is None:
+                continue
+            if (progress.step, progress.total) != last_progress:
+                last_progress = progress.step, progress.total
+                yield event("progress", {"step": progress.step, "total": progress.total})
+            if progress.preview_step is not None and progress.preview_step != last_preview:
+                last_preview = progress.preview_step
+                picture = progress.preview or await asyncio.to_thread(generations.preview, current.id)
+                if picture is not None:  # None: the job ended in between
+                    yield event(
+                        "preview",
+                        {
+                            "step": progress.preview_step,
+                            "total": progress.total,
+                            "media_type": "image/jpeg",
+                            "data": base64.b64encode(picture).decode("ascii"),
+                        },
+                    )

@@ -14,7 +14,7 @@ import importlib
 import sys
 import threading
 
-from daguerre.engine.base import Engine, EngineJob, StepHook, seed_for
+from daguerre.engine.base import DrawPreview, Engine, EngineJob, StepHook, seed_for
 from daguerre.engine.config import DEFAULT_MODELS_FILE, ModelsConfigError, ModelSpec, load_models_file
 from daguerre.errors import JobFailure
 from daguerre.wire import FailureCode
@@ -88,6 +88,7 @@ def build_engine(spec: ModelSpec, allow_downloads: bool) -> Engine:
 
 __all__ = [
     "DEFAULT_MODELS_FILE",
+    "DrawPreview",
     "Engine",
     "EngineJob",
     "ModelRegistry",

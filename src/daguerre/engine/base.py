@@ -1,8 +1,9 @@
 """The engine port: a request and its input images in, one image out.
 
-An engine knows nothing of SQL, blobs, HTTP or leases. Beyond `on_step`, which reports progress and
-may raise `Cancelled` to stop the run at once, its only contact with the rest of daguerre is the
-`EngineJob` it is given and the image it returns. Torch is imported only by implementations.
+An engine knows nothing of SQL, blobs, HTTP or leases. Beyond `on_step`, which reports progress (and
+offers a preview of the picture so far) and may raise `Cancelled` to stop the run at once, its only
+contact with the rest of daguerre is the `EngineJob` it is given and the image it returns. Torch is
+imported only by implementations.
 """
 
 from __future__ import annotations
@@ -17,8 +18,18 @@ from daguerre.wire import GenerationType
 if TYPE_CHECKING:
     from PIL import Image
 
-StepHook = Callable[[int, int], None]
-"""on_step(step, total): called after each denoising step; may raise errors.Cancelled."""
+DrawPreview = Callable[[], "Image.Image | None"]
+"""Draws the picture as it stands after a step (small and rough is fine: it is shown while the job
+runs, never delivered); None when the engine cannot draw one yet."""
+
+
+class StepHook(Protocol):
+    """on_step(step, total, preview): called after each denoising step; may raise errors.Cancelled.
+
+    `preview`, where the engine can draw one, is called by the hook only when it wants a picture
+    (a few times a job at most), so an engine hands over the means and does no work of its own."""
+
+    def __call__(self, step: int, total: int, /, preview: DrawPreview | None = None) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from daguerre.store.db import Database
 from daguerre.store.idempotency import IdempotencyKey
 from daguerre.store.schema import accounts, ledger
 from daguerre.store.schema import generations as g
-from daguerre.wire import FailureCode, GenerationCreate, GenerationType, Reason, State
+from daguerre.wire import FailureCode, GenerationCreate, GenerationType, Progress, Reason, State
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,11 @@ _GET_OWNED = _GET.where(g.c.account_id == sa.bindparam("account_id"))
 _SUMMARY_OWNED = sa.select(*(g.c[field.name] for field in fields(GenerationSummary))).where(
     g.c.id == sa.bindparam("generation_id"), g.c.account_id == sa.bindparam("account_id")
 )
-_PROGRESS = sa.select(g.c.progress_step, g.c.progress_total).where(g.c.id == sa.bindparam("generation_id"))
+_PROGRESS = sa.select(g.c.progress_step, g.c.progress_total, g.c.preview_step).where(
+    g.c.id == sa.bindparam("generation_id")
+)
+_PREVIEW = sa.select(g.c.preview).where(g.c.id == sa.bindparam("generation_id"))
+_NO_PREVIEW: dict[str, Any] = {"preview_step": None, "preview": None}
 _QUEUED_AHEAD = (
     sa.select(sa.func.count())
     .select_from(g)
@@ -552,17 +556,28 @@ class GenerationStore:
                 self._ended(conn, [generation_id])
         return changed == 1
 
-    def report_progress(self, generation_id: str, token: str, step: int, total: int) -> bool:
-        """Record the running attempt's engine progress; False when `token` no longer holds the
-        lease (cancelled, reaped, taken over): nothing was written."""
-        return self._transition(generation_id, token, progress_step=step, progress_total=total)
+    def report_progress(
+        self, generation_id: str, token: str, step: int, total: int, preview: bytes | None = None
+    ) -> bool:
+        """Record the running attempt's engine progress, and `preview` (a JPEG of the picture at
+        `step`) when given; False when `token` no longer holds the lease (cancelled, reaped, taken
+        over): nothing was written."""
+        values: dict[str, Any] = {"progress_step": step, "progress_total": total}
+        if preview is not None:
+            values |= {"preview_step": step, "preview": preview}
+        return self._transition(generation_id, token, **values)
 
-    def progress(self, generation_id: str) -> tuple[int, int] | None:
-        """The (step, total) an embedded worker last recorded for the generation, or None."""
+    def progress(self, generation_id: str) -> Progress | None:
+        """What an embedded worker last recorded of the generation's engine run, or None; the
+        preview itself is read with `preview`."""
         row = self._db.fetch_one(_PROGRESS, {"generation_id": generation_id})
         if row is None or row["progress_total"] is None:
             return None
-        return int(row["progress_step"]), int(row["progress_total"])
+        return Progress(int(row["progress_step"]), int(row["progress_total"]), row["preview_step"])
+
+    def preview(self, generation_id: str) -> bytes | None:
+        """The running attempt's latest preview (JPEG), or None."""
+        return self._db.scalar(_PREVIEW, {"generation_id": generation_id})  # type: ignore[no-any-return]
 
     def queue_summary(self) -> dict[str, tuple[int, float]]:
         """model -> (queued generations, age in seconds of the oldest), for the metrics."""
@@ -596,6 +611,7 @@ class GenerationStore:
             lease_token=None,
             lease_expires_at=None,
             finished_at=utcnow(),
+            **_NO_PREVIEW,
         )
 
     def fail(self, generation_id: str, token: str, code: FailureCode, reason: str) -> bool:
@@ -814,6 +830,7 @@ def _taken(owner: str, token: str, now: datetime, lease_s: float) -> dict[str, A
         "started_at": sa.func.coalesce(g.c.started_at, now),
         "progress_step": None,  # a new attempt starts from nothing
         "progress_total": None,
+        **_NO_PREVIEW,
     }
 
 
@@ -826,6 +843,7 @@ def _failed(code: FailureCode, reason: str) -> dict[str, Any]:
         "lease_token": None,
         "lease_expires_at": None,
         "finished_at": utcnow(),
+        **_NO_PREVIEW,
     }
 
 

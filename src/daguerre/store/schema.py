@@ -131,6 +131,10 @@ generations = sa.Table(
     # every quarter second at most; the events stream (api.events) reads it.
     sa.Column("progress_step", sa.Integer(), nullable=True),
     sa.Column("progress_total", sa.Integer(), nullable=True),
+    # The running attempt's latest preview (a small JPEG, worker.previews) and the step it shows,
+    # written about every second at most and cleared when the generation ends.
+    sa.Column("preview_step", sa.Integer(), nullable=True),
+    sa.Column("preview", sa.LargeBinary(), nullable=True),
     # The create's `callback_url` (an extension): where the ended generation is POSTed, and the
     # address the create reached the API at (output URLs in the payload are built on it).
     sa.Column("callback_url", sa.Text(), nullable=True),

@@ -4,8 +4,8 @@ A thread renews the lease every lease_s/3. When a renewal changes no row, the jo
 else now (its lease lapsed and another worker claimed it, the reaper failed it, or it was cancelled):
 `lost` is set and the worker's step hook stops the engine, and no result of this worker is ever
 written. The step hook also calls `check`, which records the engine's progress on the row at most
-every CHECK_EVERY_S (for the events stream) with an UPDATE guarded by the lease, so that a cancelled
-job stops at its next engine step rather than at the next renewal.
+every CHECK_EVERY_S, and each preview as it comes (for the events stream), with an UPDATE guarded by
+the lease, so that a cancelled job stops at its next engine step rather than at the next renewal.
 """
 
 from __future__ import annotations
@@ -46,15 +46,16 @@ class Lease:
         self._done.set()
         self._thread.join()
 
-    def check(self, step: int, total: int) -> None:
-        """Record the engine's progress on the row and set `lost` if the lease is no longer ours
-        (called from the step hook; one guarded UPDATE at most every CHECK_EVERY_S)."""
+    def check(self, step: int, total: int, preview: bytes | None = None) -> None:
+        """Record the engine's progress (and `preview`, a JPEG of the picture at `step`) on the row
+        and set `lost` if the lease is no longer ours (called from the step hook; one guarded
+        UPDATE at most every CHECK_EVERY_S, and one for each preview)."""
         now = time.monotonic()
-        if self.lost.is_set() or now - self._checked < CHECK_EVERY_S:
+        if self.lost.is_set() or (preview is None and now - self._checked < CHECK_EVERY_S):
             return
         self._checked = now
         try:
-            if not self._generations.report_progress(self.generation_id, self.token, step, total):
+            if not self._generations.report_progress(self.generation_id, self.token, step, total, preview):
                 log.info("%s is no longer ours (cancelled, or reaped): stopping", self.generation_id)
                 self.lost.set()
         except Exception:  # the renewal thread decides when the database is unreachable

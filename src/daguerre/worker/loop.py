@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from daguerre.blobs import BlobStore
-from daguerre.engine import ModelRegistry, StepHook, set_engine_threads
+from daguerre.engine import ModelRegistry, set_engine_threads
 from daguerre.errors import Cancelled, JobFailure, LeaseLost, Transient
 from daguerre.moderation import Moderator
 from daguerre.settings import Settings
@@ -24,7 +24,7 @@ from daguerre.store import Store
 from daguerre.store.generations import GenerationRecord
 from daguerre.wire import FailureCode, State
 from daguerre.worker.lease import Lease
-from daguerre.worker.stages import StageContext, finalize, generate, prepare
+from daguerre.worker.stages import ProgressHook, StageContext, finalize, generate, prepare
 from daguerre.worker.threads import ThreadBudget
 
 log = logging.getLogger(__name__)
@@ -160,13 +160,13 @@ class Worker:
 
     # One job -----------------------------------------------------------------------------------
 
-    def _step_hook(self, generation_id: str, lease: Lease, stop: threading.Event | None) -> StepHook:
-        """Stops the engine at its next step when the lease is lost (the job was cancelled or
-        reaped, or taken by another worker), or when the worker is shutting down and the grace time
-        has run out."""
+    def _step_hook(self, generation_id: str, lease: Lease, stop: threading.Event | None) -> ProgressHook:
+        """Records progress and previews on the row, and stops the engine at its next step when the
+        lease is lost (the job was cancelled or reaped, or taken by another worker), or when the
+        worker is shutting down and the grace time has run out."""
 
-        def on_step(step: int, total: int) -> None:
-            lease.check(step, total)
+        def on_step(step: int, total: int, preview: bytes | None) -> None:
+            lease.check(step, total, preview)
             if lease.lost.is_set():
                 raise LeaseLost(generation_id)
             if stop is not None and stop.is_set():

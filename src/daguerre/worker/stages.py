@@ -2,7 +2,7 @@
 (worker.loop) or by a durable-execution engine's activities.
 
     prepared = prepare(ctx, record, token)          # budget, prompt and input checks
-    generated = generate(ctx, prepared, on_step)    # the engine; the output written to the blobs
+    generated = generate(ctx, prepared, on_progress)  # the engine; the output written to the blobs
     finalize(ctx, prepared.request, generated)      # output check, then the guarded completion
 
 Each stage takes what the previous one returned. `EngineRequest` is plain data (ids, text, keys),
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from daguerre import metrics
 from daguerre.blobs import BlobNotFound, BlobStore
-from daguerre.engine import EngineJob, ModelRegistry, StepHook, seed_for
+from daguerre.engine import DrawPreview, EngineJob, ModelRegistry, seed_for
 from daguerre.errors import JobFailure
 from daguerre.media import OUTPUT_EXTENSIONS, OUTPUT_MEDIA_TYPES, encode_image, load_input
 from daguerre.moderation import Moderator
@@ -31,6 +32,7 @@ from daguerre.store import Store
 from daguerre.store.generations import GenerationRecord
 from daguerre.store.schema import output_key
 from daguerre.wire import FailureCode, GenerationType, Reason
+from daguerre.worker.previews import Previews
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -117,8 +119,13 @@ def _check_deadline(deadline: float | None) -> None:
         raise JobFailure(FailureCode.GENERATION_FAILED, Reason.DEADLINE_EXCEEDED)
 
 
-def generate(ctx: StageContext, prepared: Prepared, on_step: StepHook) -> Generated:
-    """Run the engine and write its image under the attempt's own output key. `on_step` is
+ProgressHook = Callable[[int, int, "bytes | None"], None]
+"""on_progress(step, total, preview): after every engine step, with a JPEG preview of the picture
+so far when one is due (worker.previews); may raise to stop the run (a lost lease, a cancel)."""
+
+
+def generate(ctx: StageContext, prepared: Prepared, on_progress: ProgressHook) -> Generated:
+    """Run the engine and write its image under the attempt's own output key. `on_progress` is
     called after every engine step and may raise to stop the run (a lost lease, a cancel)."""
     assert ctx.registry is not None, "generate needs an engine"
     request = prepared.request
@@ -141,16 +148,17 @@ def generate(ctx: StageContext, prepared: Prepared, on_step: StepHook) -> Genera
     step_seconds = metrics.ENGINE_STEP_SECONDS.labels(request.model)
     last_step = time.perf_counter()
 
-    def step(done: int, total: int) -> None:
+    def step(done: int, total: int, preview: DrawPreview | None = None) -> None:
         nonlocal last_step
         now = time.perf_counter()
         step_seconds.observe(now - last_step)
-        last_step = now
-        on_step(done, total)
+        on_progress(done, total, previews.take(preview))
+        last_step = time.perf_counter()  # a preview drawn here is not the engine's time
         _check_deadline(request.deadline)
 
     _check_deadline(request.deadline)
     engine = ctx.registry.engine(request.model)
+    previews = Previews(request.generation_id, ctx.settings.preview_every_s, ctx.moderator)
     last_step = time.perf_counter()
     image = engine.generate(job, step)
     key = output_key(request.generation_id, request.token, 0, OUTPUT_EXTENSIONS[request.output_format])

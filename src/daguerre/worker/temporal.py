@@ -116,9 +116,9 @@ class Activities:
                 if self.threads is not None:
                     set_engine_threads(self.threads.threads())
 
-                def on_step(step: int, total: int) -> None:
-                    beats.progress = (step, total)
-                    activity.heartbeat(step, total)
+                def on_step(step: int, total: int, preview: bytes | None) -> None:
+                    beats.step(step, total, preview)
+                    activity.heartbeat(*beats.details)
                     if activity.is_cancelled():  # the workflow was cancelled, or this worker stops
                         raise CancelledError(f"{request.generation_id} cancelled")
 
@@ -165,11 +165,15 @@ class Activities:
 
 class _Heartbeats:
     """Heartbeats from a side thread every `interval_s` while the block runs (a model loading, a
-    long step): a live process is never timed out; a dead one stops beating with it."""
+    long step): a live process is never timed out; a dead one stops beating with it.
+
+    The details are the engine's progress, (step, total) then, once there is one, the step of the
+    latest preview and its JPEG: the events stream reads them from the workflow's description
+    (dispatch.TemporalDispatcher.progress), as engine-only workers have no database to write to."""
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self.progress: tuple[int, int] = (0, 0)
+        self.details: tuple[int | bytes, ...] = (0, 0)
         self._stop = threading.Event()
         self._context = contextvars.copy_context()  # the activity's context, for activity.heartbeat
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
@@ -182,9 +186,16 @@ class _Heartbeats:
         self._stop.set()
         self._thread.join()
 
+    def step(self, step: int, total: int, preview: bytes | None) -> None:
+        """Take the engine's progress after a step, and its preview when it drew one."""
+        if preview is not None:
+            self.details = (step, total, step, preview)
+        else:
+            self.details = (step, total, *self.details[2:])
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self._context.run(activity.heartbeat, *self.progress)
+            self._context.run(activity.heartbeat, *self.details)
 
 
 class TemporalRunner:

@@ -57,6 +57,7 @@ function show(generation) {
   $("job-failure").hidden = generation.state !== "failed";
   $("job-failure").textContent = generation.state === "failed" ? `${generation.failure_code}: ${generation.failure_reason}` : "";
   const output = generation.state === "completed" && generation.output && generation.output[0];
+  if (ended || generation.id !== $("preview").dataset.generation) $("preview").hidden = true;
   $("result").hidden = !output;
   $("download").hidden = !output;
   $("edit-result").hidden = !output;
@@ -72,6 +73,16 @@ function progress(step, total) {
   $("job-progress").max = total;
   $("job-progress").value = step;
   $("job-state").textContent = `processing, step ${step} of ${total}`;
+}
+
+// The picture so far: small and rough, shown scaled up until the result replaces it.
+function preview(generationId, payload) {
+  const image = $("preview");
+  image.src = `data:${payload.media_type};base64,${payload.data}`;
+  image.alt = `a preview of the picture at step ${payload.step} of ${payload.total}`;
+  image.dataset.generation = generationId;
+  image.dataset.step = payload.step;
+  image.hidden = false;
 }
 
 // Server-Sent Events over fetch (EventSource cannot send the Authorization header).
@@ -113,6 +124,8 @@ async function follow(generation) {
           $("job-state").textContent = `queued, position ${payload.position}`;
         } else if (name === "progress") {
           progress(payload.step, payload.total);
+        } else if (name === "preview") {
+          preview(generation.id, payload);
         }
       }
     }

@@ -102,14 +102,15 @@ class BuiltinEngine:
         )
 
     def generate(self, job: EngineJob, on_step: StepHook) -> Image.Image:
-        from daguerre.engine.builtin.pipeline import CannotDraw
+        from daguerre.engine.builtin.pipeline import CannotDraw, to_image
 
         if job.type == GenerationType.IMAGE_EDIT and job.source is None:
             raise JobFailure(FailureCode.INVALID_REQUEST, "image_edit needs a source image")
         (width, height), output = self.sizes(job)
 
         def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            on_step(step + 1, pipe.num_timesteps)
+            clean = tensors["clean"]  # the denoiser's guess of the finished picture, at the drawn size
+            on_step(step + 1, pipe.num_timesteps, preview=lambda: to_image(clean))
             return tensors
 
         try:

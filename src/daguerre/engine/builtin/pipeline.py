@@ -83,7 +83,8 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
 
 class BuiltinPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->layout->unet"
-    _callback_tensor_inputs: ClassVar[list[str]] = ["latents"]
+    _callback_tensor_inputs: ClassVar[list[str]] = ["latents", "clean"]
+    """`clean` is the denoiser's guess of the finished picture at that step (previews show it)."""
     # registered by __init__ (declared here for type checkers)
     tokenizer: PreTrainedTokenizerFast
     text_encoder: BertModel
@@ -266,7 +267,7 @@ class BuiltinPipeline(DiffusionPipeline):
             velocity = (latents - clean) / sigma  # the flow's velocity; sigma > 0 at every step
             latents = self.scheduler.step(velocity, t, latents).prev_sample
             if callback_on_step_end is not None:
-                callback_on_step_end(self, i, t, {"latents": latents})
+                callback_on_step_end(self, i, t, {"latents": latents, "clean": clean})
         drawn = to_image(latents)
         size = output_size or (width, height)
         if before is None:

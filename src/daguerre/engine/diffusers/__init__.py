@@ -14,7 +14,9 @@ are not used (which the models configuration documents).
 
 Weights come from a local folder or the Hugging Face cache; downloads only when the deployment
 allows them. Progress and cancellation go through `callback_on_step_end`: the worker's step hook
-may raise `Cancelled`, which leaves the pipeline at once, before the VAE decode.
+may raise `Cancelled`, which leaves the pipeline at once, before the VAE decode. The callback also
+offers a preview of each step's latents through a latent->RGB map the engine learns from its own
+finished pictures (engine.diffusers.previews).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from daguerre.engine.base import EngineJob, StepHook
 from daguerre.engine.config import ModelSpec
+from daguerre.engine.diffusers.previews import LatentPreviews
 from daguerre.errors import JobFailure
 from daguerre.sizing import fit_size
 from daguerre.wire import FailureCode, GenerationType
@@ -113,6 +116,8 @@ class DiffusersEngine:
         self._torch = torch
         self.pipe = load_pipeline(spec.name, spec.pipeline, spec.weights, spec, allow_downloads)
         self._edit_pipe: Any = None
+        self._previews: dict[int, LatentPreviews] = {}
+        """Per pipeline object (the main one, the edit one): its fitted latent->RGB map."""
         self._edit_lock = threading.Lock()
 
     def _edit_pipeline(self) -> Any:
@@ -170,10 +175,19 @@ class DiffusersEngine:
         images = self._images(job, parameters, (width, height))
         if images is not None:
             kwargs["image"] = images
+        previews = self._previews.setdefault(id(pipe), LatentPreviews())
+        last_latents: list[Any] = []
         if "callback_on_step_end" in parameters:
 
             def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-                on_step(step + 1, int(getattr(pipe, "num_timesteps", steps) or steps))
+                latents = tensors.get("latents")
+                if latents is not None:
+                    last_latents[:] = [latents]
+                on_step(
+                    step + 1,
+                    int(getattr(pipe, "num_timesteps", steps) or steps),
+                    preview=None if latents is None else lambda: previews.draw(latents, (width, height)),
+                )
                 return tensors
 
             kwargs["callback_on_step_end"] = callback
@@ -191,6 +205,8 @@ class DiffusersEngine:
             from PIL import Image as PILImage
 
             image = image.resize((width, height), PILImage.Resampling.LANCZOS)
+        if last_latents:  # the last step's latents and what they decoded to: the previews' lesson
+            previews.learn(last_latents[0], image)
         return image
 
     def _images(self, job: EngineJob, parameters: dict[str, inspect.Parameter], size: tuple[int, int]) -> Any:
