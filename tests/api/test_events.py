@@ -83,8 +83,6 @@ def test_previews_of_the_picture_come_while_it_runs_and_go_when_it_ends(url, aut
         assert picture.format == "JPEG" and picture.size == (32, 16)
         expected = preview_at("a cat", event.data["step"], STEPS).getpixel((0, 0))
         assert max(abs(a - b) for a, b in zip(picture.getpixel((8, 8)), expected, strict=True)) <= 3
-        progress_before = [e for e in events if e.name == "progress" and int(e.id) < int(event.id)]
-        assert progress_before and progress_before[-1].data["step"] >= event.data["step"]
     assert events[-1].data["state"] == "completed"
     assert store.generations.preview(generation_id) is None  # not kept once it has ended
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from daguerre.store.clock import utcnow
 from daguerre.store.generations import NewGeneration
 from daguerre.store.schema import generations
-from daguerre.wire import FailureCode, GenerationCreate, State
+from daguerre.wire import FailureCode, GenerationCreate, Progress, State
 from support.helpers import make_key
 from support.plans import seeks_account_index
 
@@ -240,3 +240,30 @@ def test_the_usage_report_seeks_the_account_index_by_state_and_time(store, key):
     (statement, parameters), *_ = [(s, p) for s, p in statements if "FROM generations" in s]
     seeks, plan = seeks_account_index(store, statement, parameters)
     assert seeks, plan
+
+
+def test_progress_and_previews_belong_to_the_running_attempt(store, key):
+    job = new(store, key.account_id)
+    first = store.generations.claim("w1", lease_s=30)
+    assert store.generations.report_progress(job.id, first.lease_token, 3, 8) is True
+    assert store.generations.progress(job.id) == Progress(3, 8, None)
+    assert store.generations.preview(job.id) is None
+    assert store.generations.report_progress(job.id, first.lease_token, 4, 8, b"\xff\xd8jpeg") is True
+    assert store.generations.report_progress(job.id, first.lease_token, 5, 8) is True  # the preview stays
+    assert store.generations.progress(job.id) == Progress(5, 8, 4)
+    assert store.generations.preview(job.id) == (4, b"\xff\xd8jpeg")
+    assert store.generations.report_progress(job.id, "not-the-lease", 6, 8, b"other") is False  # fenced
+    assert store.generations.preview(job.id) == (4, b"\xff\xd8jpeg")
+    # a new attempt starts with nothing shown
+    store.generations.hand_back(job.id, first.lease_token, count_attempt=False)
+    second = store.generations.claim("w2", lease_s=30)
+    assert store.generations.progress(job.id) is None and store.generations.preview(job.id) is None
+    # and an ended generation keeps no preview, however it ended
+    store.generations.report_progress(job.id, second.lease_token, 1, 8, b"\xff\xd8second")
+    assert store.generations.complete(job.id, second.lease_token, ("outputs/x.png",))
+    assert store.generations.preview(job.id) is None
+    cancelled = new(store, key.account_id)
+    third = store.generations.claim("w3", lease_s=30)
+    store.generations.report_progress(cancelled.id, third.lease_token, 1, 8, b"\xff\xd8third")
+    assert store.generations.cancel(cancelled.id, key.account_id, "Cancelled by request")
+    assert store.generations.preview(cancelled.id) is None

@@ -143,16 +143,20 @@ async def _events(
             if (progress.step, progress.total) != last_progress:
                 last_progress = progress.step, progress.total
                 yield event("progress", {"step": progress.step, "total": progress.total})
-            if progress.preview_step is not None and progress.preview_step != last_preview:
-                last_preview = progress.preview_step
-                picture = progress.preview or await asyncio.to_thread(generations.preview, current.id)
-                if picture is not None:  # None: the job ended in between
-                    yield event(
-                        "preview",
-                        {
-                            "step": progress.preview_step,
-                            "total": progress.total,
-                            "media_type": "image/jpeg",
-                            "data": base64.b64encode(picture).decode("ascii"),
-                        },
-                    )
+            if progress.preview_step is None or progress.preview_step == last_preview:
+                continue
+            if progress.preview is not None:
+                preview: tuple[int, bytes] | None = (progress.preview_step, progress.preview)
+            else:  # read with its own step: a newer one may have come since
+                preview = await asyncio.to_thread(generations.preview, current.id)
+            if preview is not None:  # None: the job ended in between
+                last_preview = preview[0]
+                yield event(
+                    "preview",
+                    {
+                        "step": preview[0],
+                        "total": progress.total,
+                        "media_type": "image/jpeg",
+                        "data": base64.b64encode(preview[1]).decode("ascii"),
+                    },
+                )

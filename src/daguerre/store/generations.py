@@ -183,7 +183,7 @@ _SUMMARY_OWNED = sa.select(*(g.c[field.name] for field in fields(GenerationSumma
 _PROGRESS = sa.select(g.c.progress_step, g.c.progress_total, g.c.preview_step).where(
     g.c.id == sa.bindparam("generation_id")
 )
-_PREVIEW = sa.select(g.c.preview).where(g.c.id == sa.bindparam("generation_id"))
+_PREVIEW = sa.select(g.c.preview_step, g.c.preview).where(g.c.id == sa.bindparam("generation_id"))
 _NO_PREVIEW: dict[str, Any] = {"preview_step": None, "preview": None}
 _QUEUED_AHEAD = (
     sa.select(sa.func.count())
@@ -575,9 +575,12 @@ class GenerationStore:
             return None
         return Progress(int(row["progress_step"]), int(row["progress_total"]), row["preview_step"])
 
-    def preview(self, generation_id: str) -> bytes | None:
-        """The running attempt's latest preview (JPEG), or None."""
-        return self._db.scalar(_PREVIEW, {"generation_id": generation_id})  # type: ignore[no-any-return]
+    def preview(self, generation_id: str) -> tuple[int, bytes] | None:
+        """The running attempt's latest preview: (the step it shows, the JPEG), or None."""
+        row = self._db.fetch_one(_PREVIEW, {"generation_id": generation_id})
+        if row is None or row["preview"] is None:
+            return None
+        return int(row["preview_step"]), bytes(row["preview"])
 
     def queue_summary(self) -> dict[str, tuple[int, float]]:
         """model -> (queued generations, age in seconds of the oldest), for the metrics."""
