@@ -14,6 +14,7 @@ from daguerre.engine import ModelRegistry, load_models_file
 from daguerre.errors import JobFailure
 from daguerre.moderation import Moderator, Verdict
 from daguerre.wire import FailureCode, GenerationType, State
+from daguerre.worker.previews import Previews
 from daguerre.worker.stages import (
     EngineRequest,
     Generated,
@@ -216,3 +217,14 @@ def test_previews_are_moderated_like_outputs_and_stop_after_one_is_flagged(
     checked = engine_host_with(slow_engine_host.settings, blobs, Moderator(None, checker, ("output",)))
     assert previews_shown(checked, prepare(coordinator, record, record.lease_token)) == []
     assert checker.checked == 1  # the first preview was flagged: no more were drawn
+
+
+def test_a_preview_that_cannot_be_drawn_costs_the_job_nothing(caplog):
+    previews = Previews("job", 0.5, Moderator(None, None, ()), clock=iter(range(100)).__next__)
+
+    def broken():
+        raise RuntimeError("latents of a shape nobody expected")
+
+    assert previews.take(broken) is None
+    assert "drawing a preview failed" in caplog.text
+    assert previews.take(lambda: Image.new("RGB", (8, 8))) is None  # no more for this job

@@ -50,7 +50,12 @@ class Previews:
         """The preview as JPEG when one is due and the engine can draw it; else None."""
         if draw is None or self._stopped or self._clock() < self._next_at:
             return None
-        image = draw()
+        try:
+            image = draw()
+        except Exception:  # a preview is never worth a job: this one shows no more
+            log.exception("%s: drawing a preview failed; no more previews of this job", self.generation_id)
+            self._stopped = True
+            return None
         if image is None:  # not yet (a diffusers engine's first job, say): ask again next step
             return None
         self._next_at = self._clock() + self.every_s
