@@ -27,6 +27,7 @@ class ScriptedEngine:
 
     mode: "ok" | "raise" (RuntimeError) | "job_failure" (JobFailure with `code`) | "transient".
     load_s: how long building the engine takes (as loading weights would).
+    previews: "ok" | "raise" (drawing one raises) | "junk" (it returns something not a picture).
     runs_dir: every run leaves a file there, so tests can count how often a job ran and where; the
     file's size is the number of steps the run finished (a byte per step).
     """
@@ -41,6 +42,7 @@ class ScriptedEngine:
         code: str = "generation_failed",
         runs_dir: str | None = None,
         load_s: float = 0.0,
+        previews: str = "ok",
     ) -> None:
         time.sleep(load_s)  # loading weights
         self.mode = mode
@@ -50,6 +52,7 @@ class ScriptedEngine:
         self.multiple = multiple
         self.code = FailureCode(code)
         self.runs_dir = Path(runs_dir) if runs_dir else None
+        self.previews = previews
 
     def generate(self, job: EngineJob, on_step: StepHook) -> Image.Image:
         run = None
@@ -62,7 +65,7 @@ class ScriptedEngine:
             if run is not None:
                 with run.open("ab") as steps_done:
                     steps_done.write(b".")
-            on_step(step, self.steps, preview=lambda step=step: preview_at(job.prompt, step, self.steps))
+            on_step(step, self.steps, preview=lambda step=step: self._preview(job.prompt, step))
         if self.mode == "raise":
             raise RuntimeError("engine exploded")
         if self.mode == "job_failure":
@@ -75,6 +78,13 @@ class ScriptedEngine:
             assert job.aspect_ratio is not None
             size = size_for_ratio(job.aspect_ratio, self.pixels, self.multiple)
         return Image.new("RGB", size, prompt_colour(job.prompt))
+
+    def _preview(self, prompt: str, step: int) -> Image.Image:
+        if self.previews == "raise":
+            raise RuntimeError("no preview today")
+        if self.previews == "junk":
+            return "not a picture"  # type: ignore[return-value]
+        return preview_at(prompt, step, self.steps)
 
 
 @dataclass(frozen=True)

@@ -437,3 +437,20 @@ def test_worker_flags_that_do_not_fit_are_refused_in_one_line(tmp_path, models_f
     result = CliRunner().invoke(app, ["worker", "--models", str(models_file), *flags], env=env)
     assert result.exit_code == 2, result.output
     assert says in result.stderr and "Traceback" not in result.output
+
+
+def test_an_engine_only_worker_checks_its_previews_as_outputs_are_checked(
+    settings: Settings, blobs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def engine_only(worker_settings: Settings) -> Any:
+        return TemporalRunner(worker_settings, None, blobs, engine_only=True).activities.ctx
+
+    moderated = settings.model_copy(update={"moderation": True, "preview_every_s": 1.0})
+    checks = engine_only(moderated).moderator
+    assert checks.image is not None and checks.text is None and checks.stages == {"output"}
+    outputs_unchecked = moderated.model_copy(update={"moderation_stages": ["prompt", "inputs"]})
+    assert engine_only(outputs_unchecked).moderator.image is None
+    # without the moderation packages, previews are off there rather than unchecked
+    monkeypatch.setattr("daguerre.moderation.PACKAGES", ("no_such_moderation_package",))
+    ctx = engine_only(moderated)
+    assert ctx.moderator.image is None and ctx.settings.preview_every_s == 0

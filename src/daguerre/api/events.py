@@ -140,6 +140,8 @@ async def _events(
             )
             if progress is None:
                 continue
+            if last_progress is not None and progress.step < last_progress[0]:
+                last_preview = None  # another attempt started over: its previews are new
             if (progress.step, progress.total) != last_progress:
                 last_progress = progress.step, progress.total
                 yield event("progress", {"step": progress.step, "total": progress.total})

@@ -89,6 +89,11 @@ class Moderator:
             tuple(settings.moderation_stages),
         )
 
+    def of_previews(self) -> Moderator:
+        """What a worker that only runs engines checks: the previews it shows, as outputs are
+        checked (where they are); prompts, inputs and outputs are checked by the other stages."""
+        return Moderator(None, self.image if "output" in self.stages else None, ("output",))
+
     def warm(self) -> None:
         """Load the models now rather than on the first job (once per process)."""
         started = time.perf_counter()

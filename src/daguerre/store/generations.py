@@ -174,7 +174,10 @@ _ACTIVE_UP_TO_LIMIT = (
     .subquery()
 )
 _COUNT_ACTIVE = sa.select(sa.func.count().label("active")).select_from(_ACTIVE_UP_TO_LIMIT)
-_GET = sa.select(g).where(g.c.id == sa.bindparam("generation_id"))
+# A record is every column but the preview (a JPEG the events stream alone reads).
+_GET = sa.select(*(column for column in g.c if column.name != "preview")).where(
+    g.c.id == sa.bindparam("generation_id")
+)
 _GET_OWNED = _GET.where(g.c.account_id == sa.bindparam("account_id"))
 # A poll reads only what the API shows (the fields of GenerationSummary).
 _SUMMARY_OWNED = sa.select(*(g.c[field.name] for field in fields(GenerationSummary))).where(

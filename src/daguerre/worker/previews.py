@@ -50,15 +50,18 @@ class Previews:
         """The preview as JPEG when one is due and the engine can draw it; else None."""
         if draw is None or self._stopped or self._clock() < self._next_at:
             return None
+        self._next_at = self._clock() + self.every_s  # also when the engine has none yet
         try:
-            image = draw()
+            return self._shown(draw)
         except Exception:  # a preview is never worth a job: this one shows no more
-            log.exception("%s: drawing a preview failed; no more previews of this job", self.generation_id)
+            log.exception("%s: a preview failed; no more previews of this job", self.generation_id)
             self._stopped = True
             return None
-        if image is None:  # not yet (a diffusers engine's first job, say): ask again next step
+
+    def _shown(self, draw: DrawPreview) -> bytes | None:
+        image = draw()
+        if image is None:  # not yet (a diffusers engine's first job, say)
             return None
-        self._next_at = self._clock() + self.every_s
         image = image.convert("RGB")
         if max(image.size) > PREVIEW_MAX_SIDE:
             image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))

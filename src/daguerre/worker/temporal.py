@@ -47,7 +47,7 @@ from daguerre.blobs import BlobStore
 from daguerre.dispatch import engine_task_queue, main_task_queue
 from daguerre.engine import ModelRegistry, load_models_file, set_engine_threads
 from daguerre.errors import JobFailure, Transient
-from daguerre.moderation import Moderator
+from daguerre.moderation import ModerationUnavailable, Moderator
 from daguerre.settings import Settings
 from daguerre.store import Store
 from daguerre.store.clock import utcnow
@@ -163,6 +163,18 @@ class Activities:
         return failed
 
 
+def _engine_only_moderation(settings: Settings) -> tuple[Settings, Moderator]:
+    """An engine-only worker checks only its previews (where outputs are checked). Without the
+    moderation packages it shows no previews rather than unchecked ones."""
+    if settings.preview_every_s <= 0:
+        return settings, Moderator(None, None, ())
+    try:
+        return settings, Moderator.from_settings(settings).of_previews()
+    except ModerationUnavailable as missing:
+        log.warning("previews are off on this worker: %s", missing)
+        return settings.model_copy(update={"preview_every_s": 0.0}), Moderator(None, None, ())
+
+
 class _Heartbeats:
     """Heartbeats from a side thread every `interval_s` while the block runs (a model loading, a
     long step): a live process is never timed out; a dead one stops beating with it.
@@ -227,7 +239,10 @@ class TemporalRunner:
         self.settings = settings
         self.models = list(specs if models is None else models)
         self.engine_only = engine_only
-        moderator = Moderator(None, None, ()) if engine_only else Moderator.from_settings(settings)
+        if engine_only:
+            settings, moderator = _engine_only_moderation(settings)
+        else:
+            moderator = Moderator.from_settings(settings)
         registry = ModelRegistry(specs, allow_downloads=settings.allow_downloads)
         ctx = StageContext(settings, blobs, moderator, None if engine_only else store, registry)
         prefix = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"

@@ -206,7 +206,10 @@ class DiffusersEngine:
 
             image = image.resize((width, height), PILImage.Resampling.LANCZOS)
         if last_latents:  # the last step's latents and what they decoded to: the previews' lesson
-            previews.learn(last_latents[0], image)
+            try:
+                previews.learn(last_latents[0], image)
+            except Exception:  # previews are never worth a finished picture
+                log.exception("%s: learning previews from %s failed", spec.name, job.id)
         return image
 
     def _images(self, job: EngineJob, parameters: dict[str, inspect.Parameter], size: tuple[int, int]) -> Any:

@@ -56,18 +56,18 @@ class LatentPreviews:
         self._xtx: np.ndarray | None = None
         self._xty: np.ndarray | None = None
         self._weights: np.ndarray | None = None
-        self.jobs = 0
-        """Finished pictures the map was fitted on."""
 
     def draw(self, latents: Any, size: tuple[int, int]) -> Image.Image | None:
         """The preview of these latents, at the latent grid's size; None before the first fit or
         for latents of another layout than the fitted one."""
         from PIL import Image as PILImage
 
-        grid = latent_grid(latents, size)
         with self._lock:
             weights = self._weights
-        if grid is None or weights is None:
+        if weights is None:  # nothing learnt yet: the latents are not even copied
+            return None
+        grid = latent_grid(latents, size)
+        if grid is None:
             return None
         features, rows, columns = grid
         if features.shape[1] + 1 != weights.shape[0]:
@@ -87,6 +87,8 @@ class LatentPreviews:
         x = _with_bias(features).astype(np.float64)
         shrunk = image.convert("RGB").resize((columns, rows), PILImage.Resampling.BOX)
         y = np.asarray(shrunk, dtype=np.float64).reshape(rows * columns, 3) / 255.0
+        if not np.isfinite(x).all():  # a run that overflowed would spoil every later preview
+            return
         with self._lock:
             if self._xtx is None or self._xtx.shape[0] != x.shape[1]:
                 self._xtx, self._xty = np.zeros((x.shape[1],) * 2), np.zeros((x.shape[1], 3))
@@ -97,7 +99,6 @@ class LatentPreviews:
             self._weights = np.linalg.solve(self._xtx + ridge * np.eye(len(self._xtx)), self._xty).astype(
                 np.float32
             )
-            self.jobs += 1
 
 
 def _with_bias(features: np.ndarray) -> np.ndarray:
