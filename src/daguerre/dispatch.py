@@ -19,8 +19,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from daguerre.errors import DaguerreError
 from daguerre.settings import Settings
 from daguerre.wire import Progress
 
@@ -101,6 +103,42 @@ class TableQueue:
         pass
 
 
+class TemporalSettingsError(DaguerreError):
+    """A file the Temporal connection settings name cannot be read."""
+
+
+async def connect_temporal(settings: Settings) -> Client:
+    """A client of the configured Temporal cluster: plain, over TLS (the system's CAs or
+    `temporal_tls_ca`, a client certificate for mutual TLS), with an API key (Temporal Cloud)."""
+    from temporalio.client import Client
+    from temporalio.service import TLSConfig
+
+    tls: TLSConfig | bool = False
+    if settings.temporal_uses_tls:
+        tls = TLSConfig(
+            server_root_ca_cert=_read_pem(settings.temporal_tls_ca, "temporal_tls_ca"),
+            client_cert=_read_pem(settings.temporal_tls_cert, "temporal_tls_cert"),
+            client_private_key=_read_pem(settings.temporal_tls_key, "temporal_tls_key"),
+            domain=settings.temporal_tls_server_name,
+        )
+    api_key = settings.temporal_api_key
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        tls=tls,
+        api_key=None if api_key is None else api_key.get_secret_value(),
+    )
+
+
+def _read_pem(path: Path | None, setting: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TemporalSettingsError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+
+
 class TemporalDispatcher:
     """Starts one workflow per generation on the user's Temporal cluster; connects on first use
     (and again after a failed connect)."""
@@ -114,11 +152,7 @@ class TemporalDispatcher:
 
     async def client(self) -> Client:
         if self._client is None:  # two racing first uses connect twice, harmlessly
-            from temporalio.client import Client
-
-            self._client = await Client.connect(
-                self.settings.temporal_address, namespace=self.settings.temporal_namespace
-            )
+            self._client = await connect_temporal(self.settings)
         return self._client
 
     async def dispatch(self, job: Dispatch) -> bool:

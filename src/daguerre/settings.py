@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -182,6 +182,20 @@ class Settings(BaseSettings):
     temporal_task_queue: str = "daguerre"
     """Task-queue prefix: workflows, prepare and finalize run on `<prefix>`, the engine of each model
     on `<prefix>.engine.<model>`."""
+    temporal_tls: bool = False
+    """Reach Temporal over TLS, checking its certificate against the system's CAs (or
+    `temporal_tls_ca`). Implied by any other temporal_tls_* setting and by `temporal_api_key`."""
+    temporal_tls_ca: Path | None = None
+    """A PEM file of the CA(s) that signed the Temporal frontend's certificate."""
+    temporal_tls_cert: Path | None = None
+    """This process's client certificate (PEM) for mutual TLS; with `temporal_tls_key`."""
+    temporal_tls_key: Path | None = None
+    """The private key (PEM) of `temporal_tls_cert`."""
+    temporal_tls_server_name: str | None = None
+    """The name to expect on the frontend's certificate, when it is not the address's host."""
+    temporal_api_key: SecretStr | None = None
+    """An API key for Temporal Cloud (sent as `Authorization: Bearer ...` on every call, over TLS).
+    Better set in the environment (DAGUERRE_TEMPORAL_API_KEY) than in a file."""
     temporal_heartbeat_timeout_s: float = Field(default=5.0, gt=0)
     """A generate activity not heard from for this long is re-run elsewhere (its worker died)."""
     worker_id: str | None = None
@@ -213,6 +227,28 @@ class Settings(BaseSettings):
         if path is not None and self.blob_dir is not None and path != self.blob_dir:
             raise ValueError(f"blob_dir ({self.blob_dir}) and blob_url ({self.blob_url}) name two places")
         return self
+
+    @model_validator(mode="after")
+    def _temporal_tls_files(self) -> Settings:
+        if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
+            raise ValueError("temporal_tls_cert and temporal_tls_key go together: set both or neither")
+        if self.execution == "temporal":
+            for name in ("temporal_tls_ca", "temporal_tls_cert", "temporal_tls_key"):
+                path = getattr(self, name)
+                if path is not None and not path.is_file():
+                    raise ValueError(f"{name}: no such file: {path}")
+        return self
+
+    @property
+    def temporal_uses_tls(self) -> bool:
+        return self.temporal_tls or self.temporal_api_key is not None or any(
+            value is not None
+            for value in (
+                self.temporal_tls_ca,
+                self.temporal_tls_cert,
+                self.temporal_tls_server_name,
+            )
+        )
 
     @field_validator("log_level")
     @classmethod

@@ -44,7 +44,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from daguerre.blobs import BlobStore
-from daguerre.dispatch import engine_task_queue, main_task_queue
+from daguerre.dispatch import connect_temporal, engine_task_queue, main_task_queue
 from daguerre.engine import ModelRegistry, load_models_file, set_engine_threads
 from daguerre.errors import JobFailure, Transient
 from daguerre.moderation import ModerationUnavailable, Moderator
@@ -255,9 +255,7 @@ class TemporalRunner:
 
     async def connect(self) -> Client:
         if self._client is None:
-            self._client = await Client.connect(
-                self.settings.temporal_address, namespace=self.settings.temporal_namespace
-            )
+            self._client = await connect_temporal(self.settings)
         return self._client
 
     async def run(self, stop: asyncio.Event) -> None:
