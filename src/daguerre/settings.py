@@ -241,12 +241,16 @@ class Settings(BaseSettings):
 
     @property
     def temporal_uses_tls(self) -> bool:
-        return self.temporal_tls or self.temporal_api_key is not None or any(
-            value is not None
-            for value in (
-                self.temporal_tls_ca,
-                self.temporal_tls_cert,
-                self.temporal_tls_server_name,
+        return (
+            self.temporal_tls
+            or self.temporal_api_key is not None
+            or any(
+                value is not None
+                for value in (
+                    self.temporal_tls_ca,
+                    self.temporal_tls_cert,
+                    self.temporal_tls_server_name,
+                )
             )
         )
 
