@@ -72,6 +72,21 @@ def test_cancelled_from_the_step_hook_stops_the_run(engine):
     assert calls == [1]
 
 
+def test_running_out_of_memory_fails_the_job_and_keeps_nothing_of_it(engine):
+    import torch
+
+    def out_of_memory(step, total, preview=None):  # the device gives out mid-run, as CUDA does
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(JobFailure) as failure:
+        engine.generate(job(), out_of_memory)
+    assert failure.value.code == FailureCode.GENERATION_FAILED
+    assert failure.value.reason == "Generation failed: out of memory at 64x64"
+    # no chained exception keeps the failed run's frames (and their tensors) alive
+    assert failure.value.__cause__ is None and failure.value.__context__ is None
+    assert np.array_equal(np.asarray(engine.generate(job(), noop)), np.asarray(engine.generate(job(), noop)))
+
+
 def test_image_edit_is_refused_cleanly_by_a_text_to_image_pipeline(engine):
     from PIL import Image
 

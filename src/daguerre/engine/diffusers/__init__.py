@@ -21,6 +21,7 @@ finished pictures (engine.diffusers.previews).
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import threading
@@ -191,15 +192,20 @@ class DiffusersEngine:
                 return tensors
 
             kwargs["callback_on_step_end"] = callback
+        out_of_memory = False
         try:
             with self._torch.inference_mode():
                 result = pipe(**kwargs).images
-        except self._torch.OutOfMemoryError as exc:
-            raise JobFailure(
-                FailureCode.GENERATION_FAILED, f"Generation failed: out of memory at {width}x{height}"
-            ) from exc
+        except self._torch.OutOfMemoryError:
+            out_of_memory = True
         except ValueError as exc:  # diffusers' check_inputs: the message names the argument
             raise JobFailure(FailureCode.GENERATION_FAILED, f"Generation failed: {exc}") from exc
+        if out_of_memory:  # past the handler, nothing holds the failed run's tensors any more
+            last_latents.clear()
+            self._release_memory()
+            raise JobFailure(
+                FailureCode.GENERATION_FAILED, f"Generation failed: out of memory at {width}x{height}"
+            )
         image: Image.Image = result[0]
         if image.size != (width, height):
             from PIL import Image as PILImage
@@ -211,6 +217,13 @@ class DiffusersEngine:
             except Exception:  # previews are never worth a finished picture
                 log.exception("%s: learning previews from %s failed", spec.name, job.id)
         return image
+
+    def _release_memory(self) -> None:
+        """Give the memory of a run that ran out of it back to the device, so that the next job
+        starts from what the loaded pipelines need (a CUDA cache left full fails it too)."""
+        gc.collect()
+        if self._torch.cuda.is_available():
+            self._torch.cuda.empty_cache()
 
     def _images(self, job: EngineJob, parameters: dict[str, inspect.Parameter], size: tuple[int, int]) -> Any:
         """What goes to the pipeline's `image` argument: the source at the output size, plus the
