@@ -66,9 +66,18 @@ def _session(server: str | None, key: str | None, data_dir: Path | None) -> Iter
 
 def _client(server: str | None, key: str | None, data_dir: Path | None) -> Client:
     if key is None:
+        from pydantic import ValidationError
+
         from daguerre.settings import Settings
 
-        settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+        try:  # the local server's settings, for where it saved its key
+            settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+        except ValidationError as error:  # a server setting that is wrong here (not shown: secrets)
+            _fail(
+                USAGE,
+                f"no API key: pass --key or set LUMA_AGENTS_API_KEY ({error.error_count()} "
+                "server setting(s) in this environment do not load, so the saved key cannot be found)",
+            )
         key_file = settings.first_key_file
         if not key_file.is_file():
             _fail(

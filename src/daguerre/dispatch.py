@@ -103,8 +103,9 @@ class TableQueue:
         pass
 
 
-class TemporalSettingsError(DaguerreError):
-    """A file the Temporal connection settings name cannot be read."""
+class TemporalSettingsError(DaguerreError, RuntimeError):
+    """A file the Temporal connection settings name cannot be read (now: the settings checked it
+    when they loaded). A RuntimeError, as a failed connection is, for the callers that expect one."""
 
 
 async def connect_temporal(settings: Settings) -> Client:

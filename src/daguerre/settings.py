@@ -192,7 +192,8 @@ class Settings(BaseSettings):
     temporal_tls_key: Path | None = None
     """The private key (PEM) of `temporal_tls_cert`."""
     temporal_tls_server_name: str | None = None
-    """The name to expect on the frontend's certificate, when it is not the address's host."""
+    """The server name to ask for (TLS SNI) and to expect on the frontend's certificate, when it is
+    not the address's host."""
     temporal_api_key: SecretStr | None = None
     """An API key for Temporal Cloud (sent as `Authorization: Bearer ...` on every call, over TLS).
     Better set in the environment (DAGUERRE_TEMPORAL_API_KEY) than in a file."""
@@ -237,6 +238,8 @@ class Settings(BaseSettings):
                 path = getattr(self, name)
                 if path is not None and not path.is_file():
                     raise ValueError(f"{name}: no such file: {path}")
+                if path is not None and not os.access(path, os.R_OK):
+                    raise ValueError(f"{name}: this process may not read {path}")
         return self
 
     @property

@@ -72,19 +72,47 @@ def test_cancelled_from_the_step_hook_stops_the_run(engine):
     assert calls == [1]
 
 
-def test_running_out_of_memory_fails_the_job_and_keeps_nothing_of_it(engine):
+@pytest.mark.parametrize(
+    "error",
+    ["torch.OutOfMemoryError", "MPS backend out of memory (MPS allocated: 17.82 GB)"],
+    ids=["cuda", "mps"],
+)
+def test_running_out_of_memory_fails_the_job_and_gives_the_memory_back(engine, monkeypatch, error):
+    import weakref
+
     import torch
 
-    def out_of_memory(step, total, preview=None):  # the device gives out mid-run, as CUDA does
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    seen = []  # a weak reference to the run's latents, taken where the device gives out
 
+    def out_of_memory(step, total, preview=None):
+        # the latents the engine's preview would draw: the run's last tensors
+        latents = next(
+            c.cell_contents for c in preview.__closure__ if isinstance(c.cell_contents, torch.Tensor)
+        )
+        seen.append(weakref.ref(latents))
+        if error == "torch.OutOfMemoryError":  # the device gives out mid-run, as CUDA does
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise RuntimeError(error)
+
+    released = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU is pretended, not used
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append(seen[0]() is None))
     with pytest.raises(JobFailure) as failure:
         engine.generate(job(), out_of_memory)
     assert failure.value.code == FailureCode.GENERATION_FAILED
     assert failure.value.reason == "Generation failed: out of memory at 64x64"
-    # no chained exception keeps the failed run's frames (and their tensors) alive
+    # the cache is emptied once, after the run's tensors became unreachable; no chained exception
+    # keeps the failed run's frames (and their tensors) alive
+    assert released == [True]
     assert failure.value.__cause__ is None and failure.value.__context__ is None
-    assert np.array_equal(np.asarray(engine.generate(job(), noop)), np.asarray(engine.generate(job(), noop)))
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(engine):
+    def broken(step, total, preview=None):
+        raise RuntimeError("expected scalar type Float but found Half")
+
+    with pytest.raises(RuntimeError, match="expected scalar type"):
+        engine.generate(job(), broken)
 
 
 def test_image_edit_is_refused_cleanly_by_a_text_to_image_pipeline(engine):

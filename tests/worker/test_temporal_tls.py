@@ -93,6 +93,12 @@ def test_a_frontend_that_wants_a_client_certificate_refuses_a_client_without_one
         with pytest.raises(RuntimeError):
             asyncio.run(asyncio.wait_for(connect_temporal(settings), 20))
         assert proxy.requests == [] and proxy.client_subjects == []  # not one call got through
+        # the same settings with the certificate get through: it was the certificate, over TLS
+        with_certificate = settings.model_copy(
+            update={"temporal_tls_cert": ca.client_cert, "temporal_tls_key": ca.client_key}
+        )
+        asyncio.run(asyncio.wait_for(connect_temporal(with_certificate), 20))
+        assert proxy.client_subjects and proxy.requests
 
 
 def test_tls_settings_that_cannot_work_are_refused_at_once(tmp_path: Path):
@@ -102,4 +108,4 @@ def test_tls_settings_that_cannot_work_are_refused_at_once(tmp_path: Path):
         Settings(data_dir=tmp_path, execution="temporal", temporal_tls_ca=tmp_path / "missing.pem")
     assert not Settings(data_dir=tmp_path).temporal_uses_tls
     assert Settings(data_dir=tmp_path, temporal_api_key="k").temporal_uses_tls  # Temporal Cloud: TLS
-    assert "k" not in repr(Settings(data_dir=tmp_path, temporal_api_key="k").temporal_api_key)
+    assert API_KEY not in repr(Settings(data_dir=tmp_path, temporal_api_key=API_KEY))  # never shown

@@ -200,6 +200,10 @@ class DiffusersEngine:
             out_of_memory = True
         except ValueError as exc:  # diffusers' check_inputs: the message names the argument
             raise JobFailure(FailureCode.GENERATION_FAILED, f"Generation failed: {exc}") from exc
+        except RuntimeError as exc:  # MPS and cuBLAS say it in a plain RuntimeError
+            if "out of memory" not in str(exc).lower():
+                raise
+            out_of_memory = True
         if out_of_memory:  # past the handler, nothing holds the failed run's tensors any more
             last_latents.clear()
             self._release_memory()
@@ -224,6 +228,8 @@ class DiffusersEngine:
         gc.collect()
         if self._torch.cuda.is_available():
             self._torch.cuda.empty_cache()
+        if self._torch.backends.mps.is_available():
+            self._torch.mps.empty_cache()
 
     def _images(self, job: EngineJob, parameters: dict[str, inspect.Parameter], size: tuple[int, int]) -> Any:
         """What goes to the pipeline's `image` argument: the source at the output size, plus the
