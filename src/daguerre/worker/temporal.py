@@ -236,13 +236,13 @@ class TemporalRunner:
             raise ValueError(f"no such model in the models file: {', '.join(unknown)}")
         if store is None and not engine_only:
             raise ValueError("only an engine-only worker runs without the database")
-        self.settings = settings
-        self.models = list(specs if models is None else models)
-        self.engine_only = engine_only
         if engine_only:
             settings, moderator = _engine_only_moderation(settings)
         else:
             moderator = Moderator.from_settings(settings)
+        self.settings = settings
+        self.models = list(specs if models is None else models)
+        self.engine_only = engine_only
         registry = ModelRegistry(specs, allow_downloads=settings.allow_downloads)
         ctx = StageContext(settings, blobs, moderator, None if engine_only else store, registry)
         prefix = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"

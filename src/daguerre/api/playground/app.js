@@ -81,7 +81,6 @@ function preview(generationId, payload) {
   image.src = `data:${payload.media_type};base64,${payload.data}`;
   image.alt = `a preview of the picture at step ${payload.step} of ${payload.total}`;
   image.dataset.generation = generationId;
-  image.dataset.step = payload.step;
   image.hidden = false;
 }
 

@@ -15,7 +15,6 @@ product per preview (under a millisecond at 1024², C = 16) and one small solve 
 from __future__ import annotations
 
 import math
-import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,11 +47,9 @@ def latent_grid(latents: Any, size: tuple[int, int]) -> tuple[np.ndarray, int, i
 
 
 class LatentPreviews:
-    """The fitted map of one pipeline. Thread-safe (an engine serves one job at a time, but
-    `learn` and `draw` may come from different threads)."""
+    """The fitted map of one pipeline. Like the engine that holds it, used by one job at a time."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._xtx: np.ndarray | None = None
         self._xty: np.ndarray | None = None
         self._weights: np.ndarray | None = None
@@ -62,8 +59,7 @@ class LatentPreviews:
         for latents of another layout than the fitted one."""
         from PIL import Image as PILImage
 
-        with self._lock:
-            weights = self._weights
+        weights = self._weights
         if weights is None:  # nothing learnt yet: the latents are not even copied
             return None
         grid = latent_grid(latents, size)
@@ -85,20 +81,19 @@ class LatentPreviews:
             return
         features, rows, columns = grid
         x = _with_bias(features).astype(np.float64)
-        shrunk = image.convert("RGB").resize((columns, rows), PILImage.Resampling.BOX)
-        y = np.asarray(shrunk, dtype=np.float64).reshape(rows * columns, 3) / 255.0
         if not np.isfinite(x).all():  # a run that overflowed would spoil every later preview
             return
-        with self._lock:
-            if self._xtx is None or self._xtx.shape[0] != x.shape[1]:
-                self._xtx, self._xty = np.zeros((x.shape[1],) * 2), np.zeros((x.shape[1], 3))
-            assert self._xty is not None
-            self._xtx += x.T @ x
-            self._xty += x.T @ y
-            ridge = RIDGE * float(np.trace(self._xtx)) / len(self._xtx)
-            self._weights = np.linalg.solve(self._xtx + ridge * np.eye(len(self._xtx)), self._xty).astype(
-                np.float32
-            )
+        shrunk = image.convert("RGB").resize((columns, rows), PILImage.Resampling.BOX)
+        y = np.asarray(shrunk, dtype=np.float64).reshape(rows * columns, 3) / 255.0
+        if self._xtx is None or self._xtx.shape[0] != x.shape[1]:
+            self._xtx, self._xty = np.zeros((x.shape[1],) * 2), np.zeros((x.shape[1], 3))
+        assert self._xty is not None
+        self._xtx += x.T @ x
+        self._xty += x.T @ y
+        ridge = RIDGE * float(np.trace(self._xtx)) / len(self._xtx)
+        self._weights = np.linalg.solve(self._xtx + ridge * np.eye(len(self._xtx)), self._xty).astype(
+            np.float32
+        )
 
 
 def _with_bias(features: np.ndarray) -> np.ndarray:
